@@ -1,0 +1,276 @@
+"""``add``: seal a file or a directory tree into the repo, pin it and make its share link.
+
+The main thread reads the input and feeds the pure chunker and index builder; worker threads seal, hash
+and durably store the chunks (AES-GCM, SHA-256 and file writes release the GIL). Memory stays bounded:
+a few chunks in flight per stream plus one index path, whatever the input size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from node.errors import InputError
+from node.repo import Pin, Repo, now
+from protocol.cid import cid_of
+from protocol.errors import UnsafeNameError
+from protocol.link import ShareLink
+from protocol.manifest import DEFAULT_CHUNK, Entry, Node, check_chunk_size, encode_entry, encode_node
+from protocol.names import check_name
+from protocol.seal import NodeKeys, StreamKey, new_key
+from protocol.stream import Chunker, IndexBuilder, seal_chunk
+
+Progress = Callable[[int], None]
+Warn = Callable[[str], None]
+IN_FLIGHT = 8
+
+
+@dataclass(frozen=True)
+class AddResult:
+    link: ShareLink
+    pin: Pin
+    new_blocks: int
+    existing: bool  # the same content was already added: its link is returned, nothing new stored
+
+
+def _ignore(_: int) -> None:
+    pass
+
+
+def scan_size(path: Path) -> int:
+    """Bytes of regular files under ``path`` (for a progress bar's total)."""
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+    return total
+
+
+class _Adder:
+    def __init__(self, repo: Repo, pool: ThreadPoolExecutor, chunk_size: int, progress: Progress, warn: Warn):
+        self.repo = repo
+        self.pool = pool
+        self.cs = chunk_size
+        self.key = new_key()
+        self.progress = progress
+        self.warn = warn
+        self.next_number = 0
+        self.list_path = repo.new_block_list()
+        self.list_file: BinaryIO = open(self.list_path, "xb")  # noqa: SIM115 - closed in run()
+        self.new: list[bytes] = []
+        self.blocks = 0
+        self.stored = 0
+        self.total_size = 0
+
+    # -- storing -----------------------------------------------------------------------------
+
+    def _seal_put(self, key: StreamKey, position: int, chunk: bytes) -> tuple[bytes, int]:
+        cid, block = seal_chunk(key, position, chunk)
+        self._put_only(cid, block)
+        return cid, len(block)
+
+    def _put_only(self, cid: bytes, block: bytes) -> None:
+        if self.repo.blocks.put(cid, block):
+            self.new.append(cid)  # list.append is atomic; workers and the main thread share it
+
+    def _record(self, cid: bytes, size: int) -> None:
+        self.list_file.write(cid)
+        self.blocks += 1
+        self.stored += size
+
+    def _put(self, cid: bytes, block: bytes) -> None:
+        self._put_only(cid, block)
+        self._record(cid, len(block))
+
+    def _stream(self, keys: NodeKeys, pieces: Callable[[], bytes]) -> tuple[int, int, tuple[bytes, ...]]:
+        """Seal one stream read by ``pieces()`` (b"" at the end). Returns ``(size, level, top)``."""
+        chunker = Chunker(self.cs)
+        index = IndexBuilder(keys, self.cs)
+        pending: deque[Future[tuple[bytes, int]]] = deque()
+
+        def drain(limit: int) -> None:
+            while len(pending) > limit:
+                cid, size = pending.popleft().result()
+                self._record(cid, size)
+                for block in index.add(cid):
+                    self._put(*block)
+
+        while data := pieces():
+            for position, chunk in chunker.feed(data):
+                pending.append(self.pool.submit(self._seal_put, keys.data, position, chunk))
+                drain(IN_FLIGHT)
+        for position, chunk in chunker.finish():
+            pending.append(self.pool.submit(self._seal_put, keys.data, position, chunk))
+            drain(IN_FLIGHT)
+        drain(0)
+        level, top, blocks = index.finish()
+        for block in blocks:
+            self._put(*block)
+        return chunker.size, level, top
+
+    def _node(self, keys: NodeKeys, node: Node) -> bytes:
+        block = keys.node.seal(0, encode_node(node))
+        cid = cid_of(block)
+        self._put(cid, block)
+        return cid
+
+    # -- walking -----------------------------------------------------------------------------
+
+    def add(self, path: Path, name: str | None, depth: int = 0) -> tuple[bytes, bytes, str]:
+        """Seal ``path``; returns ``(node cid, plaintext digest, kind)``."""
+        number = self.next_number
+        self.next_number += 1
+        keys = NodeKeys(self.key, number)
+        try:
+            st = os.stat(path) if depth == 0 else os.lstat(path)
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror}") from None
+        if stat.S_ISDIR(st.st_mode):
+            return self._add_dir(path, keys, name, depth)
+        if stat.S_ISREG(st.st_mode):
+            return self._add_file(path, keys, name, st)
+        raise InputError(f"cannot add {path}: not a regular file or directory")
+
+    def _add_file(
+        self, path: Path, keys: NodeKeys, name: str | None, st: os.stat_result
+    ) -> tuple[bytes, bytes, str]:
+        digest = hashlib.sha256()
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror}") from None
+        with f:
+
+            def pieces() -> bytes:
+                try:
+                    data = f.read(self.cs)
+                except OSError as exc:
+                    raise InputError(f"cannot read {path}: {exc.strerror}") from None
+                digest.update(data)
+                self.progress(len(data))
+                return data
+
+            size, level, top = self._stream(keys, pieces)
+        if size != st.st_size or os.stat(path).st_mtime_ns != st.st_mtime_ns:
+            raise InputError(f"{path} changed while it was being added: try again")
+        executable = bool(st.st_mode & stat.S_IXUSR)
+        self.total_size += size
+        cid = self._node(keys, Node("file", size, self.cs, level, top, executable, name))
+        return cid, hashlib.sha256(b"file" + bytes([executable]) + digest.digest()).digest(), "file"
+
+    def _add_dir(self, path: Path, keys: NodeKeys, name: str | None, depth: int) -> tuple[bytes, bytes, str]:
+        if depth >= 255:
+            raise InputError(f"{path} is nested too deeply")
+        try:
+            with os.scandir(path) as it:
+                children = sorted(it, key=lambda e: os.fsencode(e.name))
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror}") from None
+        digest = hashlib.sha256(b"dir")
+        entries = iter(children)
+
+        def pieces() -> bytes:
+            for child in entries:
+                if not (child.is_dir(follow_symlinks=False) or child.is_file(follow_symlinks=False)):
+                    kind = "symlink" if child.is_symlink() else "special file"
+                    self.warn(f"skipping {kind} {child.path}")
+                    continue
+                try:
+                    check_name(child.name)
+                except UnsafeNameError as exc:
+                    raise InputError(f"cannot add {child.path}: {exc}") from None
+                number = self.next_number
+                cid, child_digest, _kind = self.add(Path(child.path), None, depth + 1)
+                encoded = child.name.encode()
+                digest.update(len(encoded).to_bytes(2, "big") + encoded + child_digest)
+                return encode_entry(Entry(child.name, number, cid))
+            return b""
+
+        size, level, top = self._stream(keys, pieces)
+        cid = self._node(keys, Node("dir", size, self.cs, level, top, False, name))
+        return cid, digest.digest(), "dir"
+
+
+def add_path(
+    repo: Repo,
+    path: Path,
+    *,
+    display_name: str | None = None,
+    with_size: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Progress = _ignore,
+    warn: Warn | None = None,
+    workers: int | None = None,
+) -> AddResult:
+    """Seal ``path`` (a file or a directory tree) into ``repo``, pin it and return its link."""
+    check_chunk_size(chunk_size)
+    path = Path(os.path.abspath(path))
+    if not os.path.lexists(path):
+        raise InputError(f"no such file or directory: {path}")
+    name = path.name or "root"
+    try:
+        check_name(name)
+    except UnsafeNameError as exc:
+        raise InputError(f"cannot add {path}: {exc}") from None
+    workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    with repo.lock():
+        adder: _Adder | None = None
+        committed = False
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="seal") as pool:
+                adder = _Adder(repo, pool, chunk_size, progress, warn or (lambda _msg: None))
+                try:
+                    root, digest, kind = adder.add(path, name)
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)
+                    raise
+            adder.list_file.flush()
+            os.fsync(adder.list_file.fileno())
+            adder.list_file.close()
+            content = hashlib.sha256(digest + name.encode() + chunk_size.to_bytes(4, "big")).digest()
+            fingerprint = repo.fingerprint(content)
+            earlier = repo.find_added(fingerprint)
+            if earlier is not None and earlier.key is not None:
+                pin = earlier
+                if display_name is not None and display_name != earlier.name:
+                    pin = repo.rename_pin(earlier, display_name)
+                link = ShareLink(pin.root, earlier.key, display_name, pin.size if with_size else None)
+                return AddResult(link, pin, 0, True)
+            repo.blocks.sync(adder.new)
+            pin = Pin(
+                root,
+                kind,
+                adder.total_size,
+                adder.blocks,
+                adder.stored,
+                now(),
+                display_name,
+                adder.key,
+                fingerprint,
+            )
+            repo.write_pin(pin, adder.list_path)
+            committed = True
+            repo.record_added(fingerprint, root)
+            link = ShareLink(root, adder.key, display_name, adder.total_size if with_size else None)
+            return AddResult(link, pin, len(adder.new), False)
+        finally:
+            if adder is not None and not committed:
+                # nothing refers to what this add stored: remove it now rather than wait for gc
+                adder.list_file.close()
+                with contextlib.suppress(FileNotFoundError):
+                    adder.list_path.unlink()
+                for cid in adder.new:
+                    repo.blocks.delete(cid)

@@ -1,0 +1,25 @@
+"""The node layer's errors. Messages are one line, for the user, and never hold a key or a link."""
+
+
+class NodeError(Exception):
+    """Root of every error raised by ``node/``."""
+
+
+class RepoError(NodeError):
+    """The repo is missing, unreadable, locked, or not a Sealbox repo."""
+
+
+class RepoFullError(RepoError):
+    """The disk holding the repo (or the destination) is full; nothing stored was changed."""
+
+
+class NotFoundError(NodeError):
+    """A block or pin the operation needs is not in the repo."""
+
+
+class InputError(NodeError):
+    """A path given to ``add`` cannot be read or holds something that cannot be shared."""
+
+
+class DestinationError(NodeError):
+    """``get`` cannot write where it was asked to."""

@@ -1,0 +1,213 @@
+"""``get``: turn a share link back into the exact file or tree, from the local repo.
+
+Output is built under a temp name beside the destination and renamed into place only when complete and
+fsynced, so an interrupted or refused get leaves nothing half-written. Names come from the (untrusted)
+manifest and are checked by ``protocol.names``; nothing is ever written outside the destination.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.errors import DestinationError, NotFoundError
+from node.fsutil import fsync_dir, full_error, is_full, temp_name
+from node.repo import Repo
+from protocol.cid import cid_to_text, verify_block
+from protocol.errors import DecryptError, LinkError, ManifestError
+from protocol.link import ShareLink
+from protocol.manifest import EntryDecoder, Node, decode_node
+from protocol.seal import NodeKeys
+from protocol.stream import iter_leaves, open_chunk
+
+Progress = Callable[[int], None]
+Fetch = Callable[[bytes], bytes]
+IN_FLIGHT = 8
+MAX_DEPTH = 255
+MAX_NODES = 10_000_000
+
+
+@dataclass(frozen=True)
+class GetResult:
+    path: Path
+    kind: str
+    size: int
+    files: int
+
+
+def _ignore(_: int) -> None:
+    pass
+
+
+class _Getter:
+    def __init__(self, fetch: Fetch, key: bytes, pool: ThreadPoolExecutor, progress: Progress) -> None:
+        self.fetch = fetch
+        self.key = key
+        self.pool = pool
+        self.progress = progress
+        self.numbers: set[int] = {0}
+        self.size = 0
+        self.files = 0
+
+    def open_node(self, number: int, cid: bytes, *, root: bool) -> tuple[Node, NodeKeys]:
+        block = self.fetch(cid)
+        verify_block(cid, block)
+        keys = NodeKeys(self.key, number)
+        try:
+            plain = keys.node.open(0, block, "manifest")
+        except DecryptError:
+            if root:
+                raise DecryptError("the link's key does not open its root: the link is wrong") from None
+            raise
+        return decode_node(plain, root=root), keys
+
+    def stream(self, node: Node, keys: NodeKeys) -> Iterator[bytes]:
+        """The node's plaintext, in order, padding removed and checked to be zeros."""
+
+        def opened(position: int, cid: bytes) -> bytes:
+            return open_chunk(keys.data, node, position, cid, self.fetch(cid))
+
+        pending: deque[Future[bytes]] = deque()
+        remaining = node.size
+        leaves = iter_leaves(node, keys, self.fetch)
+        while True:
+            for position, cid in leaves:
+                pending.append(self.pool.submit(opened, position, cid))
+                if len(pending) >= IN_FLIGHT:
+                    break
+            if not pending:
+                break
+            plain = pending.popleft().result()
+            keep = min(len(plain), remaining)
+            if any(plain[keep:]):
+                raise ManifestError("padding is not zero: the manifest or a block is wrong")
+            remaining -= keep
+            if keep:
+                yield plain if keep == len(plain) else plain[:keep]
+
+    def write_file(self, node: Node, keys: NodeKeys, path: Path) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            for data in self.stream(node, keys):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                self.progress(len(data))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        umask = _umask()
+        os.chmod(path, (0o777 if node.executable else 0o666) & ~umask)
+        self.size += node.size
+        self.files += 1
+
+    def write_dir(self, node: Node, keys: NodeKeys, path: Path, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise ManifestError("directory tree is nested too deeply")
+        os.mkdir(path, 0o700)
+        decoder = EntryDecoder()
+        for data in self.stream(node, keys):
+            for entry in decoder.feed(data):
+                if entry.number in self.numbers or len(self.numbers) >= MAX_NODES:
+                    raise ManifestError("manifest reuses a node number or holds too many entries")
+                self.numbers.add(entry.number)
+                child, child_keys = self.open_node(entry.number, entry.cid, root=False)
+                target = path / entry.name
+                try:
+                    if child.kind == "file":
+                        self.write_file(child, child_keys, target)
+                    else:
+                        self.write_dir(child, child_keys, target, depth + 1)
+                except FileExistsError:
+                    raise DestinationError(
+                        f"two entries map to the same name {entry.name[:64]!r} on this file system"
+                    ) from None
+        decoder.finish()
+        fsync_dir(path)
+        os.chmod(path, 0o777 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def resolve_destination(dest: Path | None, name: str) -> Path:
+    """Where the output goes: DEST itself, DEST/name if DEST is a directory, or ./name without DEST."""
+    if dest is None:
+        final = Path.cwd() / name
+    elif dest.is_dir():
+        final = dest / name
+    else:
+        final = dest
+    if os.path.lexists(final):
+        raise DestinationError(f"{final} already exists: choose another destination with -o")
+    if not final.parent.is_dir():
+        raise DestinationError(f"{final.parent} is not a directory")
+    return final
+
+
+def get_link(
+    repo: Repo,
+    link: ShareLink,
+    dest: Path | None,
+    *,
+    progress: Progress = _ignore,
+    workers: int | None = None,
+) -> GetResult:
+    """Rebuild the file or tree ``link`` names from blocks in ``repo`` at ``dest``."""
+
+    def fetch(cid: bytes) -> bytes:
+        return repo.blocks.get(cid, verify=False)
+
+    workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    with repo.lock(), ThreadPoolExecutor(workers, thread_name_prefix="open") as pool:
+        getter = _Getter(fetch, link.key, pool, progress)
+        try:
+            node, keys = getter.open_node(0, link.root, root=True)
+        except NotFoundError:
+            raise NotFoundError(f"{cid_to_text(link.root)} is not in this repo") from None
+        assert node.name is not None  # decode_node(root=True) checks it
+        final = resolve_destination(dest, node.name)
+        tmp = final.parent / temp_name("sealbox-get-")
+        try:
+            try:
+                if node.kind == "file":
+                    getter.write_file(node, keys, tmp)
+                else:
+                    getter.write_dir(node, keys, tmp, 0)
+                if link.size is not None and link.size != getter.size:
+                    raise LinkError("the link's size does not match the content: the link is wrong")
+                _rename_no_replace(tmp, final)
+                fsync_dir(final.parent)
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+        except OSError as exc:
+            if is_full(exc):
+                raise full_error(final.parent) from None
+            raise DestinationError(f"cannot write {final}: {exc.strerror}") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                if tmp.is_dir() and not tmp.is_symlink():
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink()
+        return GetResult(final, node.kind, getter.size, getter.files)
+
+
+def _rename_no_replace(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        if os.path.lexists(dst):
+            raise DestinationError(f"{dst} already exists: choose another destination with -o")
+        os.rename(src, dst)
+    else:
+        os.link(src, dst)  # fails if dst exists: never replaces a file that appeared meanwhile
+        src.unlink()

@@ -1,0 +1,298 @@
+"""The local repo: layout, lock, pins and garbage collection.
+
+Layout (see specs/format.md, "Local repo")::
+
+    REPO/version            "sealbox-repo 1"
+    REPO/secret             32 random bytes (0600): keys the add fingerprints
+    REPO/lock               flock: shared while adding or getting, exclusive while collecting garbage
+    REPO/blocks/xx/<cid>    blocks (xx = first byte of the SHA-256 digest, hex)
+    REPO/pins/<root>.pin    one pin per root: its block list and a small header
+    REPO/adds/<fp>          fingerprint of an added file or tree -> its root (for idempotent adds)
+    REPO/tmp/               temp files, removed by gc
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import hmac
+import os
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from node.blockstore import BlockStore
+from node.errors import NotFoundError, RepoError
+from node.fsutil import fsync_dir, full_error, is_full, temp_name, write_atomic
+from protocol.cid import CID_LEN, check_cid, cid_from_text, cid_to_text
+from protocol.errors import CidError
+
+REPO_VERSION = "sealbox-repo 1"
+PIN_MAGIC = b"SBP1"
+_TRAILER = struct.Struct(">I4s")
+MAX_PIN_HEADER = 64 * 1024
+
+
+def default_repo_path() -> Path:
+    env = os.environ.get("SEALBOX_REPO")
+    return Path(env) if env else Path.home() / ".sealbox"
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A pinned root: what ``ls`` shows. ``key`` is kept only for roots this repo added."""
+
+    root: bytes
+    kind: str
+    size: int
+    blocks: int
+    stored: int
+    added: float
+    name: str | None = None
+    key: bytes | None = None
+    fingerprint: bytes | None = None
+
+    def header(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "v": 1,
+            "root": self.root,
+            "kind": self.kind,
+            "size": self.size,
+            "blocks": self.blocks,
+            "stored": self.stored,
+            "added": self.added,
+        }
+        for name in ("name", "key", "fingerprint"):
+            if getattr(self, name) is not None:
+                fields[name] = getattr(self, name)
+        return fields
+
+
+class Repo:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.blocks = BlockStore(path / "blocks", path / "tmp")
+        self.pins_dir = path / "pins"
+        self.adds_dir = path / "adds"
+        self.tmp = path / "tmp"
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = True) -> Repo:
+        """Open the repo at ``path``, creating it (mode 0700) if ``create`` and it does not exist."""
+        repo = cls(path)
+        version_file = path / "version"
+        try:
+            version = version_file.read_text().strip()
+        except FileNotFoundError:
+            if not create:
+                raise RepoError(f"no sealbox repo at {path}") from None
+            repo._init()
+            return repo
+        except (NotADirectoryError, PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+            raise RepoError(f"cannot open repo at {path}: {exc.__class__.__name__}") from None
+        if version != REPO_VERSION:
+            raise RepoError(f"{path} is not a sealbox repo this version can open ({version[:40]!r})")
+        return repo
+
+    def _init(self) -> None:
+        try:
+            if self.path.exists() and any(self.path.iterdir()):
+                raise RepoError(f"{self.path} exists, is not empty, and is not a sealbox repo")
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for sub in ("blocks", "pins", "adds", "tmp"):
+                (self.path / sub).mkdir(mode=0o700, exist_ok=True)
+            write_atomic(self.path / "secret", os.urandom(32), mode=0o600)
+            write_atomic(self.path / "version", (REPO_VERSION + "\n").encode(), mode=0o644)
+        except NotADirectoryError:
+            raise RepoError(f"cannot create repo at {self.path}: a parent is not a directory") from None
+        except PermissionError:
+            raise RepoError(f"cannot create repo at {self.path}: permission denied") from None
+        except OSError as exc:
+            if is_full(exc):
+                raise full_error(self.path) from None
+            raise
+
+    # -- locking ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, *, exclusive: bool = False) -> Iterator[None]:
+        """Shared for add/get/rm (they only add), exclusive for gc (it deletes)."""
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- pins -----------------------------------------------------------------------------------
+
+    def _pin_path(self, root: bytes) -> Path:
+        return self.pins_dir / (cid_to_text(root) + ".pin")
+
+    def write_pin(self, pin: Pin, block_list: Path) -> None:
+        """Commit a pin: append the header to ``block_list`` (raw CIDs, fsynced by the caller) and rename.
+
+        The rename is the commit point: before it the root is not pinned, after it every block it
+        lists is durably in the store.
+        """
+        header: bytes = msgpack.packb(pin.header(), use_bin_type=True)
+        try:
+            with open(block_list, "ab") as f:
+                f.write(header + _TRAILER.pack(len(header), PIN_MAGIC))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(block_list, self._pin_path(pin.root))
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                block_list.unlink()
+            if is_full(exc):
+                raise full_error(self.path) from None
+            raise
+        fsync_dir(self.pins_dir)
+
+    def rename_pin(self, pin: Pin, name: str | None) -> Pin:
+        """Give a pin a new display name (rewrites the pin atomically)."""
+        renamed = dataclasses.replace(pin, name=name)
+        tmp = self.new_block_list()
+        try:
+            with open(self._pin_path(pin.root), "rb") as src, open(tmp, "xb") as dst:
+                remaining = pin.blocks * CID_LEN
+                while remaining:
+                    data = src.read(min(remaining, 1 << 20))
+                    if not data:
+                        raise RepoError(f"pin of {cid_to_text(pin.root)} is damaged")
+                    dst.write(data)
+                    remaining -= len(data)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.write_pin(renamed, tmp)
+        return renamed
+
+    def new_block_list(self) -> Path:
+        return self.tmp / temp_name("pin-")
+
+    def read_pin(self, root: bytes) -> Pin:
+        try:
+            with open(self._pin_path(root), "rb") as f:
+                return self._read_header(f, root)
+        except FileNotFoundError:
+            raise NotFoundError(f"{cid_to_text(root)} is not pinned in this repo") from None
+
+    def _read_header(self, f: Any, root: bytes) -> Pin:
+        size = os.fstat(f.fileno()).st_size
+        bad = RepoError(f"pin of {cid_to_text(root)} is damaged")
+        if size < _TRAILER.size:
+            raise bad
+        f.seek(size - _TRAILER.size)
+        length, magic = _TRAILER.unpack(f.read(_TRAILER.size))
+        if magic != PIN_MAGIC or length > MAX_PIN_HEADER or length > size - _TRAILER.size:
+            raise bad
+        list_len = size - _TRAILER.size - length
+        f.seek(list_len)
+        try:
+            fields = msgpack.unpackb(f.read(length), raw=False)
+            pin = Pin(**{k: v for k, v in fields.items() if k != "v"})
+        except (ValueError, TypeError, msgpack.UnpackException):
+            raise bad from None
+        if pin.root != root or list_len != pin.blocks * CID_LEN:
+            raise bad
+        return pin
+
+    def pins(self) -> list[Pin]:
+        """Every pin, oldest first. Damaged pin files are skipped (gc keeps their blocks)."""
+        out = []
+        for path in self.pins_dir.glob("*.pin"):
+            try:
+                root = cid_from_text(path.name[: -len(".pin")])
+                with open(path, "rb") as f:
+                    out.append(self._read_header(f, root))
+            except (CidError, RepoError, FileNotFoundError):
+                continue
+        return sorted(out, key=lambda p: (p.added, p.root))
+
+    def pin_blocks(self, root: bytes) -> Iterator[bytes]:
+        """The CIDs a pin holds, streamed from its block list."""
+        pin = self.read_pin(root)
+        with open(self._pin_path(root), "rb") as f:
+            for _ in range(pin.blocks):
+                yield check_cid(f.read(CID_LEN))
+
+    def unpin(self, root: bytes) -> Pin:
+        pin = self.read_pin(root)
+        self._pin_path(root).unlink()
+        if pin.fingerprint is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.adds_dir / pin.fingerprint.hex()).unlink()
+        fsync_dir(self.pins_dir)
+        return pin
+
+    # -- idempotent adds ----------------------------------------------------------------------------
+
+    def fingerprint(self, digest: bytes) -> bytes:
+        """Key a plaintext digest with the repo secret, so the adds index reveals nothing by itself."""
+        secret = (self.path / "secret").read_bytes()
+        return hmac.new(secret, b"sealbox add fingerprint\x00" + digest, hashlib.sha256).digest()
+
+    def find_added(self, fingerprint: bytes) -> Pin | None:
+        """The pin of an earlier add of the same content, if it is still pinned."""
+        try:
+            root = cid_from_text((self.adds_dir / fingerprint.hex()).read_text().strip())
+            pin = self.read_pin(root)
+        except (FileNotFoundError, CidError, NotFoundError, RepoError):
+            return None
+        return pin if pin.fingerprint == fingerprint and pin.key is not None else None
+
+    def record_added(self, fingerprint: bytes, root: bytes) -> None:
+        write_atomic(self.adds_dir / fingerprint.hex(), cid_to_text(root).encode(), tmp_dir=self.tmp)
+
+    # -- garbage collection ---------------------------------------------------------------------------
+
+    def gc(self) -> tuple[int, int]:
+        """Remove every block no pin lists, and stale temp files. Returns ``(blocks, bytes)`` freed."""
+        with self.lock(exclusive=True):
+            keep: set[bytes] = set()
+            for path in self.pins_dir.glob("*.pin"):
+                try:
+                    root = cid_from_text(path.name[: -len(".pin")])
+                    keep.update(self.pin_blocks(root))
+                except (CidError, NotFoundError):
+                    continue
+                except RepoError as exc:
+                    raise RepoError(
+                        f"{exc}: gc will not guess what it keeps; 'sealbox rm' that root first"
+                    ) from None
+            removed = freed = 0
+            for cid, _size in list(self.blocks):
+                if cid not in keep:
+                    freed += self.blocks.delete(cid)
+                    removed += 1
+            for stale in self.tmp.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    freed += stale.stat().st_size
+                    stale.unlink()
+            for entry in self.adds_dir.iterdir():
+                with contextlib.suppress(FileNotFoundError, CidError, ValueError):
+                    if not self._pin_path(cid_from_text(entry.read_text().strip())).exists():
+                        entry.unlink()
+            return removed, freed
+
+    def stats(self) -> tuple[int, int]:
+        blocks = total = 0
+        for _cid, size in self.blocks:
+            blocks += 1
+            total += size
+        return blocks, total
+
+
+def now() -> float:
+    return round(time.time(), 3)

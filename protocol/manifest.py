@@ -1,0 +1,226 @@
+"""Manifests: the sealed node blocks that describe a file or a directory, and directory entries.
+
+A node block is ``seal(K_node(n), position 0, pad(msgpack(node)))``. See ``specs/format.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgpack
+
+from protocol.cid import CID_LEN, check_cid
+from protocol.errors import CidError, ManifestError
+from protocol.names import check_name
+from protocol.padding import padded_size
+
+FORMAT_VERSION = 1
+MIN_CHUNK = 16 * 1024
+MAX_CHUNK = 1024 * 1024
+DEFAULT_CHUNK = 256 * 1024
+MAX_LEVEL = 8
+MAX_SIZE = 1 << 60  # an upper bound, far beyond any disk, that keeps every count in range
+MAX_NODE_PLAIN = MAX_CHUNK  # node plaintext, padding included, never exceeds this
+
+Kind = Literal["file", "dir"]
+
+
+def fanout(chunk_size: int) -> int:
+    """CIDs in a full index block."""
+    return chunk_size // CID_LEN
+
+
+def top_max(chunk_size: int) -> int:
+    """At most this many CIDs sit in a node's ``top`` list, so a node block stays under a chunk."""
+    return chunk_size // 64
+
+
+def check_chunk_size(chunk_size: object) -> int:
+    if (
+        type(chunk_size) is not int
+        or not MIN_CHUNK <= chunk_size <= MAX_CHUNK
+        or chunk_size & (chunk_size - 1)
+    ):
+        raise ManifestError("chunk size must be a power of two from 16 KiB to 1 MiB")
+    return chunk_size
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    """Data blocks in a stream of ``size`` plaintext bytes (its padded length, split in chunks)."""
+    return -(-padded_size(size) // chunk_size)
+
+
+def level_counts(leaves: int, chunk_size: int) -> list[int]:
+    """``[n_0, n_1, ..., n_L]``: items at each level, ``L`` the least level with ``n_L <= top_max``."""
+    counts = [leaves]
+    while counts[-1] > top_max(chunk_size):
+        counts.append(-(-counts[-1] // fanout(chunk_size)))
+        if len(counts) - 1 > MAX_LEVEL:
+            raise ManifestError("stream too large")
+    return counts
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A decoded node: the metadata and the top of the block tree of one file or directory.
+
+    ``size`` is the exact plaintext length of the node's stream: the file's bytes, or for a directory
+    the encoded entries. ``top`` holds the CIDs of level ``level`` of the stream's block tree.
+    """
+
+    kind: Kind
+    size: int
+    chunk_size: int
+    level: int
+    top: tuple[bytes, ...]
+    executable: bool = False
+    name: str | None = None
+
+    def counts(self) -> list[int]:
+        return level_counts(chunk_count(self.size, self.chunk_size), self.chunk_size)
+
+
+def encode_node(node: Node) -> bytes:
+    """The padded plaintext of a node block."""
+    fields: dict[str, Any] = {
+        "v": FORMAT_VERSION,
+        "kind": node.kind,
+        "size": node.size,
+        "cs": node.chunk_size,
+        "lvl": node.level,
+        "top": list(node.top),
+    }
+    if node.kind == "file":
+        fields["x"] = node.executable
+    if node.name is not None:
+        fields["name"] = node.name
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return packed + bytes(padded_size(len(packed)) - len(packed))
+
+
+_FILE_KEYS = {"v", "kind", "size", "cs", "lvl", "top", "x"}
+_DIR_KEYS = {"v", "kind", "size", "cs", "lvl", "top"}
+
+
+def _unpacker(limit: int) -> msgpack.Unpacker:
+    return msgpack.Unpacker(
+        raw=False,
+        strict_map_key=True,
+        max_buffer_size=limit,
+        max_str_len=1024,
+        max_bin_len=CID_LEN,
+        max_array_len=MAX_CHUNK // 64,
+        max_map_len=16,
+        max_ext_len=0,
+    )
+
+
+def decode_node(plain: bytes, *, root: bool) -> Node:
+    """Decode and validate a node's plaintext. ``root`` nodes carry a name; others must not."""
+    if len(plain) > MAX_NODE_PLAIN:
+        raise ManifestError("manifest block too large")
+    unpacker = _unpacker(len(plain) or 1)
+    unpacker.feed(plain)
+    try:
+        fields = unpacker.unpack()
+    except (ValueError, msgpack.UnpackException, msgpack.OutOfData) as exc:
+        raise ManifestError("manifest is not valid msgpack") from exc
+    end = unpacker.tell()
+    if any(plain[end:]) or len(plain) != padded_size(end):
+        raise ManifestError("manifest padding is wrong")
+    if not isinstance(fields, dict):
+        raise ManifestError("manifest is not a map")
+    if fields.get("v") != FORMAT_VERSION or type(fields.get("v")) is not int:
+        raise ManifestError(f"unsupported manifest version {fields.get('v')!r}: upgrade sealbox")
+    kind = fields.get("kind")
+    if kind == "file":
+        allowed = _FILE_KEYS
+    elif kind == "dir":
+        allowed = _DIR_KEYS
+    else:
+        raise ManifestError("manifest kind must be 'file' or 'dir'")
+    expected = allowed | ({"name"} if root else set())
+    if set(fields) != expected:
+        raise ManifestError(f"manifest fields are wrong: {sorted(set(fields) ^ expected)}")
+    size, cs, level, top = fields["size"], fields["cs"], fields["lvl"], fields["top"]
+    if type(size) is not int or not 0 <= size <= MAX_SIZE:
+        raise ManifestError("manifest size out of range")
+    check_chunk_size(cs)
+    if type(level) is not int or not isinstance(top, list):
+        raise ManifestError("manifest block tree is malformed")
+    counts = level_counts(chunk_count(size, cs), cs)
+    if level != len(counts) - 1 or len(top) != counts[-1]:
+        raise ManifestError("manifest block tree does not match its size (truncated or altered)")
+    try:
+        top_cids = tuple(check_cid(c) if isinstance(c, bytes) else check_cid(b"") for c in top)
+    except CidError as exc:
+        raise ManifestError("manifest holds a malformed block id") from exc
+    executable = fields.get("x", False)
+    if type(executable) is not bool:
+        raise ManifestError("manifest executable flag is not a boolean")
+    name = check_name(fields["name"]) if root else None
+    return Node(kind, size, cs, level, top_cids, executable, name)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One directory entry: a child's name, node number and node block CID."""
+
+    name: str
+    number: int
+    cid: bytes
+
+
+def encode_entry(entry: Entry) -> bytes:
+    packed: bytes = msgpack.packb([entry.name, entry.number, entry.cid], use_bin_type=True)
+    return packed
+
+
+class EntryDecoder:
+    """Decodes a directory's entry stream as it arrives, chunk by chunk, with bounded memory.
+
+    Entries must come in strictly increasing order of their UTF-8 names, which also refuses duplicates.
+    """
+
+    def __init__(self) -> None:
+        self._unpacker = _unpacker(4 * MAX_CHUNK)
+        self._last: bytes | None = None
+        self._fed = 0
+        self.count = 0
+
+    def feed(self, data: bytes) -> Iterator[Entry]:
+        self._fed += len(data)
+        try:
+            self._unpacker.feed(data)
+            items = list(self._unpacker)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise ManifestError("directory listing is not valid msgpack") from exc
+        for item in items:
+            yield self._entry(item)
+
+    def finish(self) -> None:
+        """Check that the stream ended on an entry boundary."""
+        if self._unpacker.tell() != self._fed:
+            raise ManifestError("directory listing is truncated")
+
+    def _entry(self, item: object) -> Entry:
+        if not isinstance(item, list) or len(item) != 3:
+            raise ManifestError("directory entry is malformed")
+        name, number, cid = item
+        check_name(name)
+        if type(number) is not int or not 1 <= number < (1 << 64):
+            raise ManifestError("directory entry has a bad node number")
+        if not isinstance(cid, bytes):
+            raise ManifestError("directory entry has a malformed block id")
+        try:
+            check_cid(cid)
+        except CidError as exc:
+            raise ManifestError("directory entry has a malformed block id") from exc
+        key = name.encode("utf-8")
+        if self._last is not None and key <= self._last:
+            raise ManifestError(f"directory entries are duplicated or out of order at {name[:64]!r}")
+        self._last = key
+        self.count += 1
+        return Entry(name, number, cid)

@@ -1,0 +1,160 @@
+"""Sealed streams: a node's content cut into padded, sealed chunks and the index tree over their CIDs.
+
+Sealing: ``Chunker`` cuts plaintext into chunks and pads the last; the caller seals each chunk with
+:func:`seal_chunk` (in any thread, in any order) and feeds the CIDs, in order, to ``IndexBuilder``, which
+seals the index blocks and returns the node's ``level`` and ``top``.
+
+Opening: :func:`iter_leaves` walks the index tree with a caller-supplied ``fetch`` and yields the data
+chunks' positions and CIDs in order; :func:`open_chunk` checks and opens one data block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from protocol.cid import CID_LEN, check_cid, cid_of, verify_block
+from protocol.errors import ManifestError
+from protocol.manifest import MAX_LEVEL, Node, fanout, top_max
+from protocol.padding import padded_size
+from protocol.seal import TAG_LEN, NodeKeys, StreamKey
+
+Fetch = Callable[[bytes], bytes]
+Block = tuple[bytes, bytes]  # (cid, block bytes)
+
+
+class Chunker:
+    """Cuts a byte stream into ``chunk_size`` pieces; :meth:`finish` pads the tail (see padding.py)."""
+
+    def __init__(self, chunk_size: int) -> None:
+        self.chunk_size = chunk_size
+        self.size = 0
+        self._position = 0
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes | memoryview) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(position, chunk)`` for every full chunk that ``data`` completes."""
+        self.size += len(data)
+        cs = self.chunk_size
+        if not self._buffer and len(data) == cs:
+            yield self._next(bytes(data))
+            return
+        self._buffer += data
+        while len(self._buffer) >= cs:
+            yield self._next(bytes(self._buffer[:cs]))
+            del self._buffer[:cs]
+
+    def finish(self) -> Iterator[tuple[int, bytes]]:
+        """Pad the stream to its padded length and yield the remaining chunks."""
+        remaining = padded_size(self.size) - (self._position * self.chunk_size + len(self._buffer))
+        self._buffer += bytes(remaining)
+        while self._buffer:
+            piece = bytes(self._buffer[: self.chunk_size])
+            del self._buffer[: self.chunk_size]
+            yield self._next(piece)
+
+    def _next(self, chunk: bytes) -> tuple[int, bytes]:
+        position = self._position
+        self._position += 1
+        return position, chunk
+
+
+def seal_chunk(key: StreamKey, position: int, chunk: bytes | memoryview) -> Block:
+    block = key.seal(position, chunk)
+    return cid_of(block), block
+
+
+def chunk_length(size: int, chunk_size: int, position: int) -> int:
+    """Plaintext length of data chunk ``position`` in a stream of ``size`` bytes."""
+    return min(chunk_size, padded_size(size) - position * chunk_size)
+
+
+def open_chunk(key: StreamKey, node: Node, position: int, cid: bytes, block: bytes) -> bytes:
+    """Verify a data block against its CID and open it; returns its plaintext, padding included."""
+    expected = chunk_length(node.size, node.chunk_size, position)
+    verify_block(cid, block)
+    if len(block) != expected + TAG_LEN:
+        raise ManifestError("data block has the wrong length for its position")
+    return key.open(position, block, "data block")
+
+
+class IndexBuilder:
+    """Takes leaf CIDs in order and builds the index tree above them, streaming, in O(fanout x depth)."""
+
+    def __init__(self, keys: NodeKeys, chunk_size: int) -> None:
+        self._keys = keys
+        self._fanout = fanout(chunk_size)
+        self._top_max = top_max(chunk_size)
+        self._levels: list[list[bytes]] = [[]]
+        self._positions: list[int] = [0]
+
+    def add(self, cid: bytes) -> list[Block]:
+        """Append the next leaf CID; returns the index blocks this completed, to be stored."""
+        out: list[Block] = []
+        self._push(0, cid, out)
+        return out
+
+    def finish(self) -> tuple[int, tuple[bytes, ...], list[Block]]:
+        """Flush partial levels; returns ``(level, top, index blocks)`` for the node."""
+        out: list[Block] = []
+        level = 0
+        while True:
+            items = self._levels[level]
+            if level == len(self._levels) - 1 and len(items) <= self._top_max:
+                return level, tuple(items), out
+            self._flush(level, out)
+            level += 1
+
+    def _push(self, level: int, cid: bytes, out: list[Block]) -> None:
+        if len(self._levels[level]) == self._fanout:
+            self._flush(level, out)
+        self._levels[level].append(cid)
+
+    def _flush(self, level: int, out: list[Block]) -> None:
+        items = self._levels[level]
+        if level + 1 > MAX_LEVEL:
+            raise ManifestError("stream too large")
+        if level + 1 == len(self._levels):
+            self._levels.append([])
+            self._positions.append(0)
+        position = self._positions[level + 1]
+        self._positions[level + 1] += 1
+        block = self._keys.index(level + 1).seal(position, b"".join(items))
+        self._levels[level] = []
+        cid = cid_of(block)
+        out.append((cid, block))
+        self._push(level + 1, cid, out)
+
+
+def iter_leaves(node: Node, keys: NodeKeys, fetch: Fetch) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(position, cid)`` of every data chunk of ``node`` in order, opening index blocks as needed.
+
+    ``fetch(cid)`` returns a block's bytes; every index block is verified against its CID and checked
+    against the counts the node's size implies, so truncation, reordering and substitution fail here.
+    """
+    counts = node.counts()
+    fan = fanout(node.chunk_size)
+    if node.level == 0:
+        yield from enumerate(node.top)
+        return
+
+    def walk(level: int, position: int, cid: bytes) -> Iterator[bytes]:
+        # index block `position` at `level` holds CIDs of level-1 items [position*fan, ...)
+        below = counts[level - 1]
+        expected = min(fan, below - position * fan)
+        block = fetch(cid)
+        verify_block(cid, block)
+        if len(block) != expected * CID_LEN + TAG_LEN:
+            raise ManifestError("index block has the wrong length for its position")
+        plain = keys.index(level).open(position, block, "index block")
+        for i in range(expected):
+            child = check_cid(plain[i * CID_LEN : (i + 1) * CID_LEN])
+            if level == 1:
+                yield child
+            else:
+                yield from walk(level - 1, position * fan + i, child)
+
+    leaf = 0
+    for i, cid in enumerate(node.top):
+        for child in walk(node.level, i, cid):
+            yield leaf, child
+            leaf += 1
