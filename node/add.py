@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from node.blockstore import PackWriter
 from node.errors import InputError
 from node.repo import Pin, Repo, now
 from protocol.cid import cid_of
@@ -60,8 +61,17 @@ def scan_size(path: Path) -> int:
 
 
 class _Adder:
-    def __init__(self, repo: Repo, pool: ThreadPoolExecutor, chunk_size: int, progress: Progress, warn: Warn):
+    def __init__(
+        self,
+        repo: Repo,
+        writer: PackWriter,
+        pool: ThreadPoolExecutor,
+        chunk_size: int,
+        progress: Progress,
+        warn: Warn,
+    ):
         self.repo = repo
+        self.writer = writer
         self.pool = pool
         self.cs = chunk_size
         self.key = new_key()
@@ -70,7 +80,6 @@ class _Adder:
         self.next_number = 0
         self.list_path = repo.new_block_list()
         self.list_file: BinaryIO = open(self.list_path, "xb")  # noqa: SIM115 - closed in run()
-        self.new: list[bytes] = []
         self.blocks = 0
         self.stored = 0
         self.total_size = 0
@@ -83,8 +92,8 @@ class _Adder:
         return cid, len(block)
 
     def _put_only(self, cid: bytes, block: bytes) -> None:
-        if self.repo.blocks.put(cid, block):
-            self.new.append(cid)  # list.append is atomic; workers and the main thread share it
+        # the CID was computed from these very bytes by seal_chunk / cid_of just before
+        self.writer.put(cid, block, verify=False)
 
     def _record(self, cid: bytes, size: int) -> None:
         self.list_file.write(cid)
@@ -226,12 +235,12 @@ def add_path(
     except UnsafeNameError as exc:
         raise InputError(f"cannot add {path}: {exc}") from None
     workers = workers or min(8, 2 * (os.cpu_count() or 1))
-    with repo.lock():
+    with repo.lock(), repo.blocks.writer() as writer:
         adder: _Adder | None = None
         committed = False
         try:
             with ThreadPoolExecutor(workers, thread_name_prefix="seal") as pool:
-                adder = _Adder(repo, pool, chunk_size, progress, warn or (lambda _msg: None))
+                adder = _Adder(repo, writer, pool, chunk_size, progress, warn or (lambda _msg: None))
                 try:
                     root, digest, kind = adder.add(path, name)
                 except BaseException:
@@ -244,12 +253,13 @@ def add_path(
             fingerprint = repo.fingerprint(content)
             earlier = repo.find_added(fingerprint)
             if earlier is not None and earlier.key is not None:
+                # the same content was added before: keep its link; this session's packs are dropped
                 pin = earlier
                 if display_name is not None and display_name != earlier.name:
                     pin = repo.rename_pin(earlier, display_name)
                 link = ShareLink(pin.root, earlier.key, display_name, pin.size if with_size else None)
                 return AddResult(link, pin, 0, True)
-            repo.blocks.sync(adder.new)
+            writer.commit()
             pin = Pin(
                 root,
                 kind,
@@ -265,12 +275,9 @@ def add_path(
             committed = True
             repo.record_added(fingerprint, root)
             link = ShareLink(root, adder.key, display_name, adder.total_size if with_size else None)
-            return AddResult(link, pin, len(adder.new), False)
+            return AddResult(link, pin, writer.written, False)
         finally:
             if adder is not None and not committed:
-                # nothing refers to what this add stored: remove it now rather than wait for gc
                 adder.list_file.close()
                 with contextlib.suppress(FileNotFoundError):
                     adder.list_path.unlink()
-                for cid in adder.new:
-                    repo.blocks.delete(cid)

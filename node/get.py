@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.errors import DestinationError, NotFoundError
-from node.fsutil import fsync_dir, full_error, is_full, temp_name
+from node.fsutil import WRITEBACK_STEP, fsync_dir, full_error, is_full, start_writeback, temp_name
 from node.repo import Repo
 from protocol.cid import cid_to_text, verify_block
 from protocol.errors import DecryptError, LinkError, ManifestError
@@ -67,38 +67,67 @@ class _Getter:
             raise
         return decode_node(plain, root=root), keys
 
-    def stream(self, node: Node, keys: NodeKeys) -> Iterator[bytes]:
-        """The node's plaintext, in order, padding removed and checked to be zeros."""
+    def _chunks(self, node: Node, keys: NodeKeys, use: Callable[[int, bytes], None]) -> None:
+        """Open every data chunk of ``node`` in the worker threads and hand each, padding removed and
+        checked to be zeros, to ``use(offset, plaintext)``, also in a worker thread. At most IN_FLIGHT
+        chunks are open at once."""
+        cs = node.chunk_size
 
-        def opened(position: int, cid: bytes) -> bytes:
-            return open_chunk(keys.data, node, position, cid, self.fetch(cid))
-
-        pending: deque[Future[bytes]] = deque()
-        remaining = node.size
-        leaves = iter_leaves(node, keys, self.fetch)
-        while True:
-            for position, cid in leaves:
-                pending.append(self.pool.submit(opened, position, cid))
-                if len(pending) >= IN_FLIGHT:
-                    break
-            if not pending:
-                break
-            plain = pending.popleft().result()
-            keep = min(len(plain), remaining)
+        def work(position: int, cid: bytes) -> int:
+            plain = open_chunk(keys.data, node, position, cid, self.fetch(cid))
+            offset = position * cs
+            keep = max(0, min(len(plain), node.size - offset))
             if any(plain[keep:]):
                 raise ManifestError("padding is not zero: the manifest or a block is wrong")
-            remaining -= keep
             if keep:
-                yield plain if keep == len(plain) else plain[:keep]
+                use(offset, plain if keep == len(plain) else plain[:keep])
+            return keep
+
+        pending: deque[Future[int]] = deque()
+        for position, cid in iter_leaves(node, keys, self.fetch):
+            pending.append(self.pool.submit(work, position, cid))
+            if len(pending) >= IN_FLIGHT:
+                self.progress(pending.popleft().result())
+        while pending:
+            self.progress(pending.popleft().result())
+
+    def stream(self, node: Node, keys: NodeKeys) -> Iterator[bytes]:
+        """The node's plaintext in order (for directory listings, which are read as they arrive)."""
+        pending: deque[Future[bytes]] = deque()
+
+        def opened(position: int, cid: bytes) -> bytes:
+            plain = open_chunk(keys.data, node, position, cid, self.fetch(cid))
+            keep = max(0, min(len(plain), node.size - position * node.chunk_size))
+            if any(plain[keep:]):
+                raise ManifestError("padding is not zero: the manifest or a block is wrong")
+            return plain[:keep]
+
+        for position, cid in iter_leaves(node, keys, self.fetch):
+            pending.append(self.pool.submit(opened, position, cid))
+            if len(pending) >= IN_FLIGHT:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
     def write_file(self, node: Node, keys: NodeKeys, path: Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            for data in self.stream(node, keys):
+            if node.size:
+                # reserve the space first: a full disk fails now, not after minutes of work
+                os.posix_fallocate(fd, 0, node.size)
+            steps = [0]
+
+            def write(offset: int, data: bytes) -> None:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view) :]
-                self.progress(len(data))
+                    done = os.pwrite(fd, view, offset)
+                    view, offset = view[done:], offset + done
+                step = offset // WRITEBACK_STEP
+                if step > steps[0]:  # a benign race: at worst one extra hint
+                    steps[0] = step
+                    start_writeback(fd, 0, 0)  # 0, 0: all written so far
+
+            self._chunks(node, keys, write)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -5,7 +5,7 @@ Layout (see specs/format.md, "Local repo")::
     REPO/version            "sealbox-repo 1"
     REPO/secret             32 random bytes (0600): keys the add fingerprints
     REPO/lock               flock: shared while adding or getting, exclusive while collecting garbage
-    REPO/blocks/xx/<cid>    blocks (xx = first byte of the SHA-256 digest, hex)
+    REPO/blocks/            the block store: packs/<n>.pack and index.sqlite (see blockstore.py)
     REPO/pins/<root>.pin    one pin per root: its block list and a small header
     REPO/adds/<fp>          fingerprint of an added file or tree -> its root (for idempotent adds)
     REPO/tmp/               temp files, removed by gc
@@ -78,7 +78,7 @@ class Pin:
 class Repo:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.blocks = BlockStore(path / "blocks", path / "tmp")
+        self.blocks = BlockStore(path / "blocks")
         self.pins_dir = path / "pins"
         self.adds_dir = path / "adds"
         self.tmp = path / "tmp"
@@ -110,6 +110,7 @@ class Repo:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             for sub in ("blocks", "pins", "adds", "tmp"):
                 (self.path / sub).mkdir(mode=0o700, exist_ok=True)
+            self.blocks.create()
             write_atomic(self.path / "secret", os.urandom(32), mode=0o600)
             write_atomic(self.path / "version", (REPO_VERSION + "\n").encode(), mode=0o644)
         except NotADirectoryError:
@@ -257,25 +258,23 @@ class Repo:
 
     # -- garbage collection ---------------------------------------------------------------------------
 
+    def _live_blocks(self) -> Iterator[bytes]:
+        for path in self.pins_dir.glob("*.pin"):
+            try:
+                root = cid_from_text(path.name[: -len(".pin")])
+            except CidError:
+                continue
+            try:
+                yield from self.pin_blocks(root)
+            except RepoError as exc:
+                raise RepoError(
+                    f"{exc}: gc will not guess what it keeps; 'sealbox rm' that root first"
+                ) from None
+
     def gc(self) -> tuple[int, int]:
         """Remove every block no pin lists, and stale temp files. Returns ``(blocks, bytes)`` freed."""
         with self.lock(exclusive=True):
-            keep: set[bytes] = set()
-            for path in self.pins_dir.glob("*.pin"):
-                try:
-                    root = cid_from_text(path.name[: -len(".pin")])
-                    keep.update(self.pin_blocks(root))
-                except (CidError, NotFoundError):
-                    continue
-                except RepoError as exc:
-                    raise RepoError(
-                        f"{exc}: gc will not guess what it keeps; 'sealbox rm' that root first"
-                    ) from None
-            removed = freed = 0
-            for cid, _size in list(self.blocks):
-                if cid not in keep:
-                    freed += self.blocks.delete(cid)
-                    removed += 1
+            removed, freed = self.blocks.collect(self._live_blocks())
             for stale in self.tmp.iterdir():
                 with contextlib.suppress(FileNotFoundError):
                     freed += stale.stat().st_size
@@ -286,12 +285,8 @@ class Repo:
                         entry.unlink()
             return removed, freed
 
-    def stats(self) -> tuple[int, int]:
-        blocks = total = 0
-        for _cid, size in self.blocks:
-            blocks += 1
-            total += size
-        return blocks, total
+    def close(self) -> None:
+        self.blocks.close()
 
 
 def now() -> float:

@@ -53,6 +53,10 @@ class ShareLink:
             raise LinkError(f"a link carries at most {MAX_PEERS} peer addresses")
         for peer in self.peers:
             _check_peer(peer)
+        if len(format_link(self)) > MAX_LINK_LEN:
+            raise LinkError(
+                f"link would be longer than {MAX_LINK_LEN} characters: carry fewer peer addresses"
+            )
 
     def __str__(self) -> str:
         return format_link(self)

@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Benchmark: add and get a large file with the real CLI; compare with the in-memory limit.
+
+The limit is what one core does on the same bytes with nothing but the data path's own work: seal with
+AES-256-GCM and hash with SHA-256, in memory, at the chosen chunk size. ``add`` and ``get`` run as
+separate processes (the real ``sealbox`` command) against a fresh repo, so their figures include
+start-up, reading the input, writing durable blocks (fsync per block) and writing the output.
+
+    scripts/bench_add.py [--size 1GiB] [--chunk-size 256KiB ...] [--dir DIR] [--json FILE]
+
+Goals (issue 2): add >= 0.5 x limit, get >= 0.5 x limit, peak RSS <= 200 MB whatever the size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+ROOT = Path(__file__).resolve().parent.parent
+MB = 1e6
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+def limit_mb_s(chunk_size: int, total: int = 256 << 20) -> float:
+    """Seal + SHA-256 of ``total`` bytes in ``chunk_size`` pieces, in memory, one core."""
+    aead = AESGCM(os.urandom(32))
+    chunk = os.urandom(chunk_size)
+    n = max(1, total // chunk_size)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for i in range(n):
+            hashlib.sha256(aead.encrypt(i.to_bytes(12, "big"), chunk, None)).digest()
+        best = min(best, time.perf_counter() - start)
+    return n * chunk_size / MB / best
+
+
+def copy_mb_s(src: Path, dst: Path) -> float:
+    """The storage floor: copy the same file (read, write, fsync) with no crypto at all."""
+    start = time.perf_counter()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())
+    elapsed = time.perf_counter() - start
+    size = dst.stat().st_size
+    dst.unlink()
+    return size / MB / elapsed
+
+
+def make_input(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        remaining = size
+        while remaining:
+            piece = os.urandom(min(remaining, 8 << 20))
+            f.write(piece)
+            remaining -= len(piece)
+
+
+def run(cmd: list[str]) -> tuple[float, int, str]:
+    """Run ``cmd``; returns (seconds, peak RSS in bytes, stdout)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"{cmd[1:3]} failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
+    return elapsed, usage.ru_maxrss * 1024, out.decode().strip()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while data := f.read(1 << 20):
+            h.update(data)
+    return h.hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=parse_size, default=1 << 30)
+    parser.add_argument("--chunk-size", type=parse_size, action="append", dest="chunk_sizes")
+    parser.add_argument("--dir", type=Path, help="working directory (default: a temp dir, removed after)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    chunk_sizes = args.chunk_sizes or [256 << 10]
+    sealbox = str(Path(sys.executable).parent / "sealbox")
+    work = Path(tempfile.mkdtemp(prefix="sealbox-bench-", dir=args.dir))
+    results = []
+    try:
+        src = work / "input.bin"
+        make_input(src, args.size)
+        want = sha256_file(src)  # also warms the page cache: every run reads from memory
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+        print(f"file: {args.size / (1 << 20):.0f} MiB random bytes in {work}")
+        print("limit = AES-256-GCM + SHA-256 in memory, one core; copy = cp + fsync of the same file")
+        header = f"{'chunk':>8} {'limit':>6} {'copy':>6} {'add MB/s':>9} {'/limit':>6} {'/copy':>6}"
+        print(header + f" {'get MB/s':>9} {'/limit':>6} {'/copy':>6} {'add RSS':>8} {'get RSS':>8}")
+        for cs in chunk_sizes:
+            limit = limit_mb_s(cs)
+            copy = copy_mb_s(src, work / "copy.bin")
+            repo = work / f"repo-{cs}"
+            out = work / f"out-{cs}.bin"
+            t_add, rss_add, link = run(
+                [sealbox, "--repo", str(repo), "-q", "add", "--chunk-size", str(cs), str(src)]
+            )
+            t_get, rss_get, _ = run([sealbox, "--repo", str(repo), "-q", "get", link, "-o", str(out)])
+            if sha256_file(out) != want:
+                sys.exit("get returned different bytes")
+            add_speed, get_speed = args.size / MB / t_add, args.size / MB / t_get
+            row = {
+                "chunk_size": cs,
+                "size": args.size,
+                "limit_mb_s": round(limit, 1),
+                "copy_mb_s": round(copy, 1),
+                "add_mb_s": round(add_speed, 1),
+                "add_ratio": round(add_speed / limit, 3),
+                "add_vs_copy": round(add_speed / copy, 3),
+                "get_mb_s": round(get_speed, 1),
+                "get_ratio": round(get_speed / limit, 3),
+                "get_vs_copy": round(get_speed / copy, 3),
+                "add_peak_rss_mb": round(rss_add / MB, 1),
+                "get_peak_rss_mb": round(rss_get / MB, 1),
+            }
+            results.append(row)
+            print(
+                f"{cs >> 10:>6}Ki {limit:>6.0f} {copy:>6.0f}"
+                f" {add_speed:>9.0f} {add_speed / limit:>6.2f} {add_speed / copy:>6.2f}"
+                f" {get_speed:>9.0f} {get_speed / limit:>6.2f} {get_speed / copy:>6.2f}"
+                f" {rss_add / MB:>6.0f}MB {rss_get / MB:>6.0f}MB"
+            )
+            shutil.rmtree(repo)
+            out.unlink()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        args.json.write_text(
+            json.dumps({"machine": platform.platform(), "results": results}, indent=2) + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
