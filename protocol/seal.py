@@ -39,6 +39,20 @@ def _hkdf(key: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=None, info=info).derive(key)
 
 
+def subkey(master: bytes, label: str, number: int, level: int | None = None) -> bytes:
+    """``HKDF-SHA256(master, salt="", info="sealbox/v1 " + label || u64be(number) [|| u8(level)])``."""
+    if len(master) != KEY_LEN:
+        raise ValueError("a master key is 32 bytes")
+    if not 0 <= number <= MAX_POSITION:
+        raise ValueError("node number out of range")
+    info = b"sealbox/v1 " + label.encode("ascii") + number.to_bytes(8, "big")
+    if level is not None:
+        if not 1 <= level <= MAX_LEVEL:
+            raise ValueError("index level out of range")
+        info += bytes([level])
+    return _hkdf(master, info)
+
+
 def _nonce(position: int) -> bytes:
     if not 0 <= position <= MAX_POSITION:
         raise ValueError("block position out of range")
@@ -69,22 +83,14 @@ class NodeKeys:
     """The subkeys of node ``number`` under a master key."""
 
     def __init__(self, master: bytes, number: int) -> None:
-        if len(master) != KEY_LEN:
-            raise ValueError("a master key is 32 bytes")
-        if not 0 <= number <= MAX_POSITION:
-            raise ValueError("node number out of range")
         self._master = master
-        self._n = number.to_bytes(8, "big")
-        self.node = StreamKey(_hkdf(master, b"sealbox/v1 node" + self._n))
-        self.data = StreamKey(_hkdf(master, b"sealbox/v1 data" + self._n))
+        self._number = number
+        self.node = StreamKey(subkey(master, "node", number))
+        self.data = StreamKey(subkey(master, "data", number))
         self._index: dict[int, StreamKey] = {}
 
     def index(self, level: int) -> StreamKey:
-        if not 1 <= level <= MAX_LEVEL:
-            raise ValueError("index level out of range")
         key = self._index.get(level)
         if key is None:
-            key = self._index[level] = StreamKey(
-                _hkdf(self._master, b"sealbox/v1 index" + self._n + bytes([level]))
-            )
+            key = self._index[level] = StreamKey(subkey(self._master, "index", self._number, level))
         return key
