@@ -12,7 +12,7 @@ import os
 import shutil
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,12 +84,19 @@ class _Getter:
             return keep
 
         pending: deque[Future[int]] = deque()
-        for position, cid in iter_leaves(node, keys, self.fetch):
-            pending.append(self.pool.submit(work, position, cid))
-            if len(pending) >= IN_FLIGHT:
+        try:
+            for position, cid in iter_leaves(node, keys, self.fetch):
+                pending.append(self.pool.submit(work, position, cid))
+                if len(pending) >= IN_FLIGHT:
+                    self.progress(pending.popleft().result())
+            while pending:
                 self.progress(pending.popleft().result())
-        while pending:
-            self.progress(pending.popleft().result())
+        except BaseException:
+            # no worker may still be writing when the caller closes the file
+            for future in pending:
+                future.cancel()
+            wait(pending)
+            raise
 
     def stream(self, node: Node, keys: NodeKeys) -> Iterator[bytes]:
         """The node's plaintext in order (for directory listings, which are read as they arrive)."""
