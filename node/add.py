@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from node.blockstore import PackWriter
-from node.errors import InputError
+from node.errors import InputError, RepoFullError
+from node.fsutil import full_error, is_full
 from node.repo import Pin, Repo, now
 from protocol.cid import cid_of
 from protocol.errors import UnsafeNameError
@@ -79,7 +80,9 @@ class _Adder:
         self.warn = warn
         self.next_number = 0
         self.list_path = repo.new_block_list()
-        self.list_file: BinaryIO = open(self.list_path, "xb")  # noqa: SIM115 - closed in run()
+        # the pin holds the key: owner-only, like the whole repo
+        fd = os.open(self.list_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.list_file: BinaryIO = os.fdopen(fd, "wb")
         self.blocks = 0
         self.stored = 0
         self.total_size = 0
@@ -273,11 +276,19 @@ def add_path(
             )
             repo.write_pin(pin, adder.list_path)
             committed = True
-            repo.record_added(fingerprint, root)
+            # the add is done; without this record (e.g. on a full disk) a later add of the same content
+            # makes a new root instead of returning this one
+            with contextlib.suppress(RepoFullError):
+                repo.record_added(fingerprint, root)
             link = ShareLink(root, adder.key, display_name, adder.total_size if with_size else None)
             return AddResult(link, pin, writer.written, False)
+        except OSError as exc:
+            if is_full(exc):  # e.g. writing the block list
+                raise full_error(repo.path) from None
+            raise
         finally:
             if adder is not None and not committed:
-                adder.list_file.close()
+                with contextlib.suppress(OSError):  # flushing the block list fails on a full disk
+                    adder.list_file.close()
                 with contextlib.suppress(FileNotFoundError):
                     adder.list_path.unlink()

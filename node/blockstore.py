@@ -48,6 +48,12 @@ CREATE INDEX IF NOT EXISTS blocks_by_pack ON blocks (pack);
 """
 
 
+def _full(exc: sqlite3.Error) -> bool:
+    """Whether SQLite failed for want of disk space (on tmpfs a full disk shows as a shm that cannot grow)."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE") or "full" in str(exc).lower()
+
+
 def _digest(cid: bytes) -> bytes:
     return check_cid(cid)[len(CID_PREFIX) :]
 
@@ -86,6 +92,8 @@ class BlockStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
             except sqlite3.Error as exc:
+                if _full(exc):
+                    raise full_error(self.root) from None
                 raise RepoError(f"cannot open the block index in {self.root}: {exc}") from None
             self._db = db
         return self._db
@@ -175,7 +183,7 @@ class BlockStore:
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
                     self.db.execute("ROLLBACK")
-                if "full" in str(exc).lower():
+                if _full(exc):
                     raise full_error(self.root) from None
                 raise RepoError(f"cannot update the block index: {exc}") from None
 

@@ -165,7 +165,8 @@ class Repo:
         renamed = dataclasses.replace(pin, name=name)
         tmp = self.new_block_list()
         try:
-            with open(self._pin_path(pin.root), "rb") as src, open(tmp, "xb") as dst:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(self._pin_path(pin.root), "rb") as src, os.fdopen(fd, "wb") as dst:
                 remaining = pin.blocks * CID_LEN
                 while remaining:
                     data = src.read(min(remaining, 1 << 20))

@@ -1,0 +1,128 @@
+"""Helpers shared by the test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Protocol
+
+from node.repo import Repo
+from protocol.cid import cid_of
+from protocol.manifest import Node, encode_node
+from protocol.seal import NodeKeys
+from protocol.stream import Chunker, IndexBuilder, seal_chunk
+
+SEALBOX = str(Path(sys.executable).parent / "sealbox")
+KIB = 1024
+SMALL_CHUNK = 16 * KIB
+
+
+class RunCli(Protocol):
+    def __call__(
+        self, *args: str | Path, input: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+def block_set(repo: Repo) -> set[bytes]:
+    """The CIDs of every block stored in ``repo``."""
+    return {cid for cid, _size in repo.blocks}
+
+
+def pack_files(repo: Repo) -> set[str]:
+    """The names of the pack files on disk."""
+    return {p.name for p in repo.blocks.packs.iterdir()}
+
+
+def block_region(repo: Repo, cid: bytes) -> tuple[Path, int, int]:
+    """Where a stored block's bytes lie on disk: ``(pack file, offset, length)``."""
+    where = repo.blocks._locate(cid)
+    assert where is not None, "block not stored"
+    pack, offset, length = where
+    return repo.blocks.pack_path(pack), offset, length
+
+
+def read_region(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def write_region(path: Path, offset: int, data: bytes) -> None:
+    """Overwrite bytes of a file in place (a block damaged on disk)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, bytes, bool]]:
+    """Everything that matters about a tree: relative path -> (kind, content, user-executable)."""
+    out: dict[str, tuple[str, bytes, bool]] = {}
+
+    def one(path: Path, rel: str) -> None:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir", b"", False)
+            for child in sorted(os.listdir(path)):
+                one(path / child, f"{rel}/{child}")
+        elif stat.S_ISREG(st.st_mode):
+            out[rel] = ("file", path.read_bytes(), bool(st.st_mode & stat.S_IXUSR))
+        else:
+            out[rel] = ("other", b"", False)
+
+    one(root, ".")
+    return out
+
+
+def listing(root: Path) -> set[str]:
+    """Every path under ``root`` (relative), to check that nothing appeared or vanished."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+# -- hand-built trees: seal exactly what a test says, bypassing node/add.py's checks ----------------------
+
+
+def put_node(repo: Repo, keys: NodeKeys, node: Node) -> bytes:
+    """Seal ``node`` as node block of ``keys`` into ``repo``; returns its CID."""
+    block = keys.node.seal(0, encode_node(node))
+    cid = cid_of(block)
+    repo.blocks.put(cid, block)
+    return cid
+
+
+def seal_stream(
+    repo: Repo, keys: NodeKeys, data: bytes, cs: int = SMALL_CHUNK
+) -> tuple[int, tuple[bytes, ...]]:
+    """Seal ``data`` as the stream of ``keys`` into ``repo``; returns the node's ``(level, top)``."""
+    chunker = Chunker(cs)
+    index = IndexBuilder(keys, cs)
+    with repo.blocks.writer() as writer:
+        for position, chunk in [*chunker.feed(data), *chunker.finish()]:
+            cid, block = seal_chunk(keys.data, position, chunk)
+            writer.put(cid, block)
+            for index_block in index.add(cid):
+                writer.put(*index_block)
+        level, top, rest = index.finish()
+        for index_block in rest:
+            writer.put(*index_block)
+        writer.commit()
+    return level, top
+
+
+def seal_file(
+    repo: Repo, master: bytes, number: int, data: bytes, name: str | None = None, cs: int = SMALL_CHUNK
+) -> bytes:
+    keys = NodeKeys(master, number)
+    level, top = seal_stream(repo, keys, data, cs)
+    return put_node(repo, keys, Node("file", len(data), cs, level, top, False, name))
+
+
+def seal_dir(
+    repo: Repo, master: bytes, number: int, listing: bytes, name: str | None = None, cs: int = SMALL_CHUNK
+) -> bytes:
+    """Seal a directory whose entry stream is exactly ``listing`` (e.g. ``encode_entry`` output joined)."""
+    keys = NodeKeys(master, number)
+    level, top = seal_stream(repo, keys, listing, cs)
+    return put_node(repo, keys, Node("dir", len(listing), cs, level, top, False, name))
