@@ -8,6 +8,7 @@ import ctypes.util
 import errno
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 from node.errors import RepoFullError
@@ -35,12 +36,25 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def discard_on_error(tmp: Path, where: Path) -> Iterator[None]:
+    """Remove the temp file ``tmp`` if the body fails, and report a full disk as RepoFullError."""
+    try:
+        yield
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if is_full(exc):
+            raise full_error(where) from None
+        raise
+
+
 def write_atomic(
     path: Path, data: bytes, *, mode: int = 0o644, tmp_dir: Path | None = None, sync_dir: bool = True
 ) -> None:
     """Make ``path`` hold exactly ``data``, or leave it as it was. Raises RepoFullError on a full disk."""
     tmp = (tmp_dir or path.parent) / temp_name()
-    try:
+    with discard_on_error(tmp, path.parent):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             view = memoryview(data)
@@ -50,12 +64,6 @@ def write_atomic(
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if is_full(exc):
-            raise full_error(path.parent) from None
-        raise
     if sync_dir:
         fsync_dir(path.parent)
 

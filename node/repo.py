@@ -30,7 +30,7 @@ import msgpack
 
 from node.blockstore import BlockStore
 from node.errors import NotFoundError, RepoError
-from node.fsutil import fsync_dir, full_error, is_full, temp_name, write_atomic
+from node.fsutil import discard_on_error, fsync_dir, full_error, is_full, temp_name, write_atomic
 from protocol.cid import CID_LEN, check_cid, cid_from_text, cid_to_text
 from protocol.errors import CidError
 
@@ -146,18 +146,12 @@ class Repo:
         lists is durably in the store.
         """
         header: bytes = msgpack.packb(pin.header(), use_bin_type=True)
-        try:
+        with discard_on_error(block_list, self.path):
             with open(block_list, "ab") as f:
                 f.write(header + _TRAILER.pack(len(header), PIN_MAGIC))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(block_list, self._pin_path(pin.root))
-        except OSError as exc:
-            with contextlib.suppress(FileNotFoundError):
-                block_list.unlink()
-            if is_full(exc):
-                raise full_error(self.path) from None
-            raise
         fsync_dir(self.pins_dir)
 
     def rename_pin(self, pin: Pin, name: str | None) -> Pin:

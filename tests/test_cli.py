@@ -17,6 +17,22 @@ from protocol.seal import new_key
 from tests.helpers import SEALBOX, RunCli, block_region, read_region, snapshot, write_region
 
 
+def _run_in_private_mount(script: str, env: dict[str, str], *, timeout: int) -> None:
+    """Run a shell script in a mount namespace of its own (its tmpfs vanishes with it); skip where
+    that cannot be had (the script exits 99 when the mount fails)."""
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode == 99 or "unshare failed" in proc.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stderr
+
+
 def _ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -216,17 +232,7 @@ def test_full_disk(tmp_path: Path) -> None:
         ls -A "$R/tmp" > "$OUT/tmp.list"
     """
     env = dict(os.environ, MNT=str(mnt), SEALBOX=SEALBOX, SMALL=str(small), BIG=str(big), OUT=str(tmp_path))
-    proc = subprocess.run(
-        ["unshare", "-m", "sh", "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if proc.returncode == 99 or "unshare failed" in proc.stderr:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()[:200]}")
-    assert proc.returncode == 0, proc.stderr
+    _run_in_private_mount(script, env, timeout=60)
     assert (tmp_path / "big.rc").read_text().strip() == "1"
     assert (tmp_path / "big.stdout").read_text() == ""
     stderr = (tmp_path / "big.stderr").read_text()
@@ -293,17 +299,7 @@ def test_full_disk_at_every_step(tmp_path: Path) -> None:
         OUT=str(out),
         STEPS=" ".join(map(str, steps)),
     )
-    proc = subprocess.run(
-        ["unshare", "-m", "sh", "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if proc.returncode == 99 or "unshare failed" in proc.stderr:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()[:200]}")
-    assert proc.returncode == 0, proc.stderr
+    _run_in_private_mount(script, env, timeout=120)
     outcomes = []
     for keep in steps:
         rc = int((out / f"{keep}.rc").read_text())
