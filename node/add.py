@@ -89,10 +89,11 @@ class _Adder:
 
     # -- storing -----------------------------------------------------------------------------
 
-    def _seal_put(self, key: StreamKey, position: int, chunk: bytes) -> tuple[bytes, int]:
+    def _seal_put(self, key: StreamKey, position: int, chunk: bytes) -> tuple[bytes, int, bytes]:
+        """In a worker: seal and store one chunk; also hash its plaintext for the add fingerprint."""
         cid, block = seal_chunk(key, position, chunk)
         self._put_only(cid, block)
-        return cid, len(block)
+        return cid, len(block), hashlib.sha256(chunk).digest()
 
     def _put_only(self, cid: bytes, block: bytes) -> None:
         # the CID was computed from these very bytes by seal_chunk / cid_of just before
@@ -107,15 +108,23 @@ class _Adder:
         self._put_only(cid, block)
         self._record(cid, len(block))
 
-    def _stream(self, keys: NodeKeys, pieces: Callable[[], bytes]) -> tuple[int, int, tuple[bytes, ...]]:
-        """Seal one stream read by ``pieces()`` (b"" at the end). Returns ``(size, level, top)``."""
+    def _stream(
+        self, keys: NodeKeys, pieces: Callable[[], bytes]
+    ) -> tuple[int, int, tuple[bytes, ...], bytes]:
+        """Seal one stream read by ``pieces()`` (b"" at the end).
+
+        Returns ``(size, level, top, digest)``; ``digest`` is SHA-256 over the SHA-256 of each padded
+        plaintext chunk (hashed in the workers, so it costs the main thread nothing).
+        """
         chunker = Chunker(self.cs)
         index = IndexBuilder(keys, self.cs)
-        pending: deque[Future[tuple[bytes, int]]] = deque()
+        digest = hashlib.sha256()
+        pending: deque[Future[tuple[bytes, int, bytes]]] = deque()
 
         def drain(limit: int) -> None:
             while len(pending) > limit:
-                cid, size = pending.popleft().result()
+                cid, size, chunk_digest = pending.popleft().result()
+                digest.update(chunk_digest)
                 self._record(cid, size)
                 for block in index.add(cid):
                     self._put(*block)
@@ -131,7 +140,7 @@ class _Adder:
         level, top, blocks = index.finish()
         for block in blocks:
             self._put(*block)
-        return chunker.size, level, top
+        return chunker.size, level, top, digest.digest()
 
     def _node(self, keys: NodeKeys, node: Node) -> bytes:
         block = keys.node.seal(0, encode_node(node))
@@ -159,7 +168,6 @@ class _Adder:
     def _add_file(
         self, path: Path, keys: NodeKeys, name: str | None, st: os.stat_result
     ) -> tuple[bytes, bytes, str]:
-        digest = hashlib.sha256()
         try:
             f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
         except OSError as exc:
@@ -171,17 +179,20 @@ class _Adder:
                     data = f.read(self.cs)
                 except OSError as exc:
                     raise InputError(f"cannot read {path}: {exc.strerror}") from None
-                digest.update(data)
                 self.progress(len(data))
                 return data
 
-            size, level, top = self._stream(keys, pieces)
+            size, level, top, digest = self._stream(keys, pieces)
         if size != st.st_size or os.stat(path).st_mtime_ns != st.st_mtime_ns:
             raise InputError(f"{path} changed while it was being added: try again")
         executable = bool(st.st_mode & stat.S_IXUSR)
         self.total_size += size
         cid = self._node(keys, Node("file", size, self.cs, level, top, executable, name))
-        return cid, hashlib.sha256(b"file" + bytes([executable]) + digest.digest()).digest(), "file"
+        return (
+            cid,
+            hashlib.sha256(b"file" + bytes([executable]) + size.to_bytes(8, "big") + digest).digest(),
+            "file",
+        )
 
     def _add_dir(self, path: Path, keys: NodeKeys, name: str | None, depth: int) -> tuple[bytes, bytes, str]:
         if depth >= 255:
@@ -211,7 +222,9 @@ class _Adder:
                 return encode_entry(Entry(child.name, number, cid))
             return b""
 
-        size, level, top = self._stream(keys, pieces)
+        # the entry stream holds child CIDs, which change with the key: the digest is built from
+        # names and child digests instead
+        size, level, top, _ = self._stream(keys, pieces)
         cid = self._node(keys, Node("dir", size, self.cs, level, top, False, name))
         return cid, digest.digest(), "dir"
 

@@ -73,8 +73,8 @@ def make_input(path: Path, size: int) -> None:
             remaining -= len(piece)
 
 
-def run(cmd: list[str]) -> tuple[float, int, str]:
-    """Run ``cmd``; returns (seconds, peak RSS in bytes, stdout)."""
+def run(cmd: list[str]) -> tuple[float, tuple[float, float], int, str]:
+    """Run ``cmd``; returns (wall seconds, (user, system) CPU seconds, peak RSS in bytes, stdout)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
@@ -85,7 +85,7 @@ def run(cmd: list[str]) -> tuple[float, int, str]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"{cmd[1:3]} failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
-    return elapsed, usage.ru_maxrss * 1024, out.decode().strip()
+    return elapsed, (usage.ru_utime, usage.ru_stime), usage.ru_maxrss * 1024, out.decode().strip()
 
 
 def sha256_file(path: Path) -> str:
@@ -115,21 +115,32 @@ def main() -> None:
         want = sha256_file(src)  # also warms the page cache: every run reads from memory
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
         print(f"file: {args.size / (1 << 20):.0f} MiB random bytes in {work}")
-        print("limit = AES-256-GCM + SHA-256 in memory, one core; copy = cp + fsync of the same file")
-        header = f"{'chunk':>8} {'limit':>6} {'copy':>6} {'add MB/s':>9} {'/limit':>6} {'/copy':>6}"
-        print(header + f" {'get MB/s':>9} {'/limit':>6} {'/copy':>6} {'add RSS':>8} {'get RSS':>8}")
+        print("limit: AES-256-GCM + SHA-256 of the same bytes in memory, one core")
+        print("copy: read + write + fsync of the same file on the same disk, no crypto")
+        print("get again: the same get repeated at once, reusing the page cache the first one freed")
+        print("CPU: user+sys seconds per GiB; the limit's CPU is 1073.7 / limit")
+        print(
+            f"{'chunk':>7} {'limit':>6} {'copy':>6} | {'add':>5} {'/lim':>5} {'user':>5} {'sys':>5}"
+            f" | {'get':>5} {'/lim':>5} {'user':>5} {'sys':>5} | {'again':>5} {'/lim':>5}"
+            f" | {'RSS add/get':>11}"
+        )
+        per_gib = (1 << 30) / args.size
         for cs in chunk_sizes:
             limit = limit_mb_s(cs)
             copy = copy_mb_s(src, work / "copy.bin")
             repo = work / f"repo-{cs}"
             out = work / f"out-{cs}.bin"
-            t_add, rss_add, link = run(
+            t_add, cpu_add, rss_add, link = run(
                 [sealbox, "--repo", str(repo), "-q", "add", "--chunk-size", str(cs), str(src)]
             )
-            t_get, rss_get, _ = run([sealbox, "--repo", str(repo), "-q", "get", link, "-o", str(out)])
+            get = [sealbox, "--repo", str(repo), "-q", "get", link, "-o", str(out)]
+            t_get, cpu_get, rss_get, _ = run(get)
             if sha256_file(out) != want:
                 sys.exit("get returned different bytes")
-            add_speed, get_speed = args.size / MB / t_add, args.size / MB / t_get
+            out.unlink()
+            t_again, _cpu, _rss, _ = run(get)
+            out.unlink()
+            add_speed, get_speed, again_speed = (args.size / MB / t for t in (t_add, t_get, t_again))
             row = {
                 "chunk_size": cs,
                 "size": args.size,
@@ -137,22 +148,27 @@ def main() -> None:
                 "copy_mb_s": round(copy, 1),
                 "add_mb_s": round(add_speed, 1),
                 "add_ratio": round(add_speed / limit, 3),
-                "add_vs_copy": round(add_speed / copy, 3),
+                "add_cpu_user_s_per_gib": round(cpu_add[0] * per_gib, 2),
+                "add_cpu_sys_s_per_gib": round(cpu_add[1] * per_gib, 2),
                 "get_mb_s": round(get_speed, 1),
                 "get_ratio": round(get_speed / limit, 3),
-                "get_vs_copy": round(get_speed / copy, 3),
+                "get_cpu_user_s_per_gib": round(cpu_get[0] * per_gib, 2),
+                "get_cpu_sys_s_per_gib": round(cpu_get[1] * per_gib, 2),
+                "get_again_mb_s": round(again_speed, 1),
+                "get_again_ratio": round(again_speed / limit, 3),
                 "add_peak_rss_mb": round(rss_add / MB, 1),
                 "get_peak_rss_mb": round(rss_get / MB, 1),
             }
             results.append(row)
             print(
-                f"{cs >> 10:>6}Ki {limit:>6.0f} {copy:>6.0f}"
-                f" {add_speed:>9.0f} {add_speed / limit:>6.2f} {add_speed / copy:>6.2f}"
-                f" {get_speed:>9.0f} {get_speed / limit:>6.2f} {get_speed / copy:>6.2f}"
-                f" {rss_add / MB:>6.0f}MB {rss_get / MB:>6.0f}MB"
+                f"{cs >> 10:>5}Ki {limit:>6.0f} {copy:>6.0f} | {add_speed:>5.0f} {add_speed / limit:>5.2f}"
+                f" {cpu_add[0] * per_gib:>5.2f} {cpu_add[1] * per_gib:>5.2f}"
+                f" | {get_speed:>5.0f} {get_speed / limit:>5.2f}"
+                f" {cpu_get[0] * per_gib:>5.2f} {cpu_get[1] * per_gib:>5.2f}"
+                f" | {again_speed:>5.0f} {again_speed / limit:>5.2f}"
+                f" | {rss_add / MB:>4.0f}/{rss_get / MB:.0f} MB"
             )
             shutil.rmtree(repo)
-            out.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
