@@ -15,11 +15,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from protocol.cid import cid_of, cid_to_text  # noqa: E402
 from protocol.link import ShareLink, format_link  # noqa: E402
+from protocol.messages import (  # noqa: E402
+    MAX_FRAME,
+    PROTOCOL_ID,
+    Block,
+    Cancel,
+    Message,
+    NotFound,
+    Want,
+    encode_message,
+    uvarint,
+)
 from protocol.padding import padded_size  # noqa: E402
 from protocol.seal import NodeKeys, subkey  # noqa: E402
 from protocol.tree import Dir, File, Item, seal_tree  # noqa: E402
@@ -202,6 +215,44 @@ def link_vectors() -> dict[str, Any]:
     return {"valid": valid, "invalid": invalid}
 
 
+def exchange_vectors() -> dict[str, Any]:
+    cid = cid_of(b"sealbox exchange vector")
+    frames = []
+    for message in (Want(1, cid), Block(2, data("block", 48)), NotFound(3), Cancel(4), Want(2**32 - 1, cid)):
+        frames.append(
+            {
+                "message": type(message).__name__,
+                "fields": _fields(message),
+                "frame": encode_message(message).hex(),
+            }
+        )
+    invalid = [
+        {"frame": "00", "error": "empty frame"},
+        {"frame": "8000", "error": "not minimally encoded"},
+        {"frame": "8080808001", "error": "prefix is too long"},
+        {"frame": uvarint(MAX_FRAME + 1).hex(), "error": "over the"},
+        {"frame": "039209" + "01", "error": "unknown message type"},
+        {"frame": "0292" + "01", "error": "wrong number of fields"[:12]},
+        {"frame": _frame([1, 1, b"x" * 36]).hex(), "error": "malformed block id"},
+        {"frame": _frame([3, 2**32]).hex(), "error": "bad request id"},
+    ]
+    return {"protocol": PROTOCOL_ID, "max_frame": MAX_FRAME, "frames": frames, "invalid": invalid}
+
+
+def _fields(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"request": message.request}
+    if isinstance(message, Want):
+        out["cid"] = cid_to_text(message.cid)
+    if isinstance(message, Block):
+        out["data"] = message.data.hex()
+    return out
+
+
+def _frame(fields: list[Any]) -> bytes:
+    body = msgpack.packb(fields, use_bin_type=True)
+    return uvarint(len(body)) + body
+
+
 def _with_checksum(body: str) -> str:
     return body + "&c=" + hashlib.sha256(body.encode("ascii")).hexdigest()[:8]
 
@@ -212,6 +263,7 @@ def build() -> dict[str, Any]:
         "keys.json": key_vectors(),
         "trees.json": tree_vectors(),
         "links.json": link_vectors(),
+        "exchange.json": exchange_vectors(),
     }
 
 
