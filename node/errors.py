@@ -23,3 +23,7 @@ class InputError(NodeError):
 
 class DestinationError(NodeError):
     """``get`` cannot write where it was asked to."""
+
+
+class NetworkError(NodeError):
+    """The network layer failed: a bad address or identity, a dial, a stream, a listen, or a deadline."""
