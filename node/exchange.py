@@ -1,0 +1,356 @@
+"""``/sealbox/blocks/1.0.0`` over libp2p: serve blocks from the store, fetch blocks from many peers.
+
+The wire format and the scheduler are pure (``protocol/messages.py``, ``protocol/fetch_plan.py``,
+``specs/block-exchange.md``); this module drives them with trio. Serving: one task per inbound stream
+reads requests (at most ``SERVER_MAX_OPEN`` open) and answers them in order, verifying each block against
+its CID before it goes out. Fetching: one stream per provider, a reader task per stream, and one loop that
+feeds the scheduler, sends requests, enforces deadlines, verifies and stores what arrives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.exceptions import BaseLibp2pError
+
+from node.blockstore import BlockStore, PackWriter
+from node.errors import NetworkError, NotFoundError, RepoError
+from node.host import open_stream, set_handler
+from protocol.cid import cid_to_text
+from protocol.errors import CorruptBlockError
+from protocol.fetch_plan import FetchPlan, UnrequestedBlockError
+from protocol.messages import (
+    MAX_REQUEST_ID,
+    PROTOCOL_ID,
+    Block,
+    Cancel,
+    FrameDecoder,
+    Message,
+    MessageError,
+    NotFound,
+    Want,
+    encode_message,
+)
+
+log = logging.getLogger(__name__)
+
+SERVER_MAX_OPEN = 64
+READ_SIZE = 1 << 18
+REQUEST_TIMEOUT = 10.0
+COMMIT_EVERY = 64  # blocks: fetched blocks become visible (and servable) in batches this size
+_STREAM_ERRORS = (BaseLibp2pError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class FetchError(NetworkError):
+    """Blocks could not be fetched: no peer has them, or every peer failed."""
+
+
+# -- serving ------------------------------------------------------------------------------------------
+
+
+class BlockServer:
+    """Answers ``/sealbox/blocks/1.0.0`` requests from ``store``. Counts what it served, per peer."""
+
+    def __init__(self, store: BlockStore) -> None:
+        self.store = store
+        self.served_blocks = 0
+        self.served_bytes = 0
+
+    def install(self, host: IHost) -> None:
+        set_handler(host, PROTOCOL_ID, self.handle)
+
+    async def handle(self, stream: INetStream) -> None:
+        queue: dict[int, bytes] = {}
+        wake = trio.Event()
+        finished = False
+        broken = False
+
+        async def read_requests(cancel: trio.CancelScope) -> None:
+            nonlocal wake, finished, broken
+            decoder = FrameDecoder()
+            try:
+                while data := await stream.read(READ_SIZE):
+                    for message in decoder.feed(data):
+                        if isinstance(message, Want):
+                            if len(queue) >= SERVER_MAX_OPEN or message.request in queue:
+                                raise MessageError("too many open requests")
+                            queue[message.request] = message.cid
+                        elif isinstance(message, Cancel):
+                            queue.pop(message.request, None)
+                        else:
+                            raise MessageError("a client sent a reply")
+                    wake.set()
+            except MessageError as exc:
+                log.info("block exchange: dropping a stream that broke the protocol: %s", exc)
+                broken = True
+                cancel.cancel()
+            except _STREAM_ERRORS:
+                pass  # the asker went away or closed its side: answer what is queued
+            finished = True
+            wake.set()
+
+        async def answer(cancel: trio.CancelScope) -> None:
+            nonlocal wake, broken
+            try:
+                while queue or not finished:
+                    if not queue:
+                        await wake.wait()
+                        wake = trio.Event()
+                        continue
+                    request = next(iter(queue))
+                    cid = queue.pop(request)
+                    try:
+                        block = await trio.to_thread.run_sync(self.store.get, cid)
+                        reply: Message = Block(request, block)
+                    except (NotFoundError, CorruptBlockError, RepoError):
+                        reply = NotFound(request)
+                    await stream.write(encode_message(reply))
+                    if isinstance(reply, Block):
+                        self.served_blocks += 1
+                        self.served_bytes += len(reply.data)
+            except _STREAM_ERRORS:
+                broken = True
+                cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_requests, nursery.cancel_scope)
+            nursery.start_soon(answer, nursery.cancel_scope)
+        if broken:
+            await _reset(stream)
+        else:
+            with contextlib.suppress(*_STREAM_ERRORS):
+                await stream.close()
+
+
+async def _reset(stream: INetStream) -> None:
+    with contextlib.suppress(*_STREAM_ERRORS):
+        await stream.reset()
+
+
+# -- fetching -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class FetchStats:
+    blocks: int = 0
+    bytes: int = 0  # bytes of blocks received, duplicates and refused blocks included
+    received_from: dict[str, int] = field(default_factory=dict)
+    dropped: set[str] = field(default_factory=set)
+    already_held: int = 0
+
+
+@dataclass
+class _Session:
+    peer: str
+    stream: INetStream
+    next_request: int = 0
+    open: dict[int, tuple[bytes, float]] = field(default_factory=dict)  # request -> (cid, deadline)
+    ignored: set[int] = field(default_factory=set)  # cancelled or timed out: late answers are dropped
+
+
+_Event = tuple[str, "Message | _Opened | None"]
+
+
+async def fetch_blocks(
+    host: IHost,
+    store: BlockStore,
+    peers: Sequence[str],
+    cids: Iterable[bytes],
+    *,
+    window: int = 16,
+    request_timeout: float = REQUEST_TIMEOUT,
+    on_block: Callable[[bytes, str], None] | None = None,
+) -> FetchStats:
+    """Fetch every block of ``cids`` that ``store`` lacks from ``peers`` (peer ids, already known to
+    ``host``) and store it. Blocks already held are never asked for; every block is verified before it
+    is stored; a peer that sends a bad or unrequested block is dropped. Raises :class:`FetchError` when a
+    block cannot be had from any of them.
+    """
+    stats = FetchStats()
+    plan = FetchPlan(window=window)
+    for cid in cids:
+        if store.has(cid):
+            stats.already_held += 1
+        else:
+            plan.want(cid)
+    if plan.done:
+        return stats
+    sessions: dict[str, _Session] = {}
+    opening = set(peers)
+    send, receive = trio.open_memory_channel[_Event](4 * window * max(1, len(opening)))
+    failure: FetchError | None = None
+    with store.writer() as writer:
+        async with trio.open_nursery() as nursery:
+
+            async def open_session(peer: str) -> None:
+                try:
+                    stream = await open_stream(host, peer, PROTOCOL_ID)
+                except NetworkError as exc:
+                    log.info("block exchange: %s", exc)
+                    await send.send((peer, None))
+                    return
+                sessions[peer] = _Session(peer, stream)
+                plan.add_peer(peer)
+                nursery.start_soon(_read_replies, peer, stream, send.clone())
+                await send.send((peer, _OPENED))
+
+            for peer in opening:
+                nursery.start_soon(open_session, peer)
+            try:
+                await _run_fetch(plan, sessions, opening, receive, writer, stats, request_timeout, on_block)
+            except FetchError as exc:
+                failure = exc  # raised below, once the nursery has closed (not in an exception group)
+            finally:
+                for session in sessions.values():
+                    await _reset(session.stream)
+                nursery.cancel_scope.cancel()
+        writer.commit()
+    if failure is not None:
+        raise failure
+    return stats
+
+
+class _Opened:
+    """The event a session sends once its stream is open (never on the wire)."""
+
+
+_OPENED = _Opened()
+
+
+async def _read_replies(peer: str, stream: INetStream, send: trio.MemorySendChannel[_Event]) -> None:
+    decoder = FrameDecoder()
+    async with send:
+        try:
+            while True:
+                data = await stream.read(READ_SIZE)
+                if not data:
+                    break
+                for message in decoder.feed(data):
+                    await send.send((peer, message))
+        except (MessageError, *_STREAM_ERRORS):
+            pass
+        await send.send((peer, None))
+
+
+async def _run_fetch(
+    plan: FetchPlan,
+    sessions: dict[str, _Session],
+    opening: set[str],
+    receive: trio.MemoryReceiveChannel[_Event],
+    writer: PackWriter,
+    stats: FetchStats,
+    request_timeout: float,
+    on_block: Callable[[bytes, str], None] | None,
+) -> None:
+    """The fetch loop. ``opening`` holds the peers whose streams are still being opened."""
+    uncommitted = 0
+
+    async def drop(peer: str, *, bad: bool) -> None:
+        session = sessions.pop(peer, None)
+        if bad:
+            plan.drop_peer(peer)
+            stats.dropped.add(peer)
+        else:
+            plan.remove_peer(peer)
+        if session is not None:
+            await _reset(session.stream)
+
+    async def send_requests() -> None:
+        for request in plan.next_requests():
+            session = sessions[request.peer]
+            number = session.next_request
+            session.next_request = (number + 1) & MAX_REQUEST_ID
+            session.open[number] = (request.cid, trio.current_time() + request_timeout)
+            try:
+                await session.stream.write(encode_message(Want(number, request.cid)))
+            except _STREAM_ERRORS:
+                await drop(request.peer, bad=False)
+
+    while True:
+        await send_requests()
+        if plan.done:
+            return
+        if not opening and not sessions:
+            missing = plan.queued()[:1]
+            what = f"block {cid_to_text(missing[0])}" if missing else "the blocks"
+            raise FetchError(f"no peer could provide {what}: every peer failed or lacks it")
+        unavailable = plan.unavailable()
+        if not opening and unavailable and not any(s.open for s in sessions.values()):
+            raise FetchError(f"no peer has block {cid_to_text(unavailable[0])}")
+        deadlines = [d for s in sessions.values() for _, d in s.open.values()]
+        timeout = max(0.0, min(deadlines) - trio.current_time()) if deadlines else float("inf")
+        with trio.move_on_after(timeout):
+            peer, message = await receive.receive()
+            if isinstance(message, _Opened):
+                opening.discard(peer)
+                continue
+            if message is None:  # a stream failed to open, ended or broke
+                opening.discard(peer)
+                await drop(peer, bad=False)
+                continue
+            session = sessions.get(peer)
+            if session is None:
+                continue
+            if isinstance(message, Block | NotFound) and message.request in session.ignored:
+                session.ignored.discard(message.request)
+                continue
+            entry = session.open.pop(message.request, None) if isinstance(message, Block | NotFound) else None
+            if entry is None:
+                await drop(peer, bad=True)  # a reply to nothing, or a request sent to us
+                continue
+            cid = entry[0]
+            if isinstance(message, NotFound):
+                plan.not_found(peer, cid)
+                continue
+            assert isinstance(message, Block)
+            stats.bytes += len(message.data)
+            try:
+                await trio.to_thread.run_sync(functools.partial(writer.put, cid, message.data))
+            except CorruptBlockError:
+                log.info("block exchange: %s sent a corrupted block; dropping it", peer)
+                await drop(peer, bad=True)
+                continue
+            try:
+                cancels = plan.received(peer, cid)
+            except UnrequestedBlockError:
+                await drop(peer, bad=True)
+                continue
+            stats.blocks += 1
+            stats.received_from[peer] = stats.received_from.get(peer, 0) + 1
+            uncommitted += 1
+            if uncommitted >= COMMIT_EVERY:
+                await trio.to_thread.run_sync(writer.commit)
+                uncommitted = 0
+            if on_block is not None:
+                on_block(cid, peer)
+            for cancel in cancels:
+                other = sessions.get(cancel.peer)
+                if other is None:
+                    continue
+                for number, (open_cid, _) in list(other.open.items()):
+                    if open_cid == cancel.cid:
+                        del other.open[number]
+                        other.ignored.add(number)
+                        try:
+                            await other.stream.write(encode_message(Cancel(number)))
+                        except _STREAM_ERRORS:
+                            await drop(cancel.peer, bad=False)
+            continue
+        # the nearest deadline passed
+        now = trio.current_time()
+        for peer, session in list(sessions.items()):
+            for number, (cid, deadline) in list(session.open.items()):
+                if deadline <= now:
+                    del session.open[number]
+                    session.ignored.add(number)
+                    if plan.timed_out(peer, cid):
+                        stats.dropped.add(peer)
+                        sessions.pop(peer, None)
+                        await _reset(session.stream)
+                        break

@@ -1,0 +1,200 @@
+"""The block exchange between real libp2p hosts on 127.0.0.1 (port 0), several nodes in one process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+from libp2p.abc import IHost, INetStream
+
+from node.add import add_path
+from node.exchange import BlockServer, FetchError, fetch_blocks
+from node.get import get_link
+from node.host import connect, listen_addrs, new_identity, open_host, set_handler
+from node.repo import Repo
+from protocol.cid import cid_of
+from protocol.link import ShareLink
+from protocol.messages import PROTOCOL_ID, Block, FrameDecoder, Want, encode_message
+
+if TYPE_CHECKING:
+    # trio-typing (a py-libp2p dependency) installs trio-stubs, which mypy reads instead of trio's own
+    from trio_typing import TaskStatus
+
+CHUNK = 16 * 1024
+
+
+@dataclass
+class Node:
+    host: IHost
+    repo: Repo
+    server: BlockServer
+    addr: str
+
+    @property
+    def peer_id(self) -> str:
+        return self.host.get_id().to_base58()
+
+
+@asynccontextmanager
+async def node(path: Path) -> AsyncIterator[Node]:
+    repo = Repo.open(path)
+    try:
+        async with open_host(new_identity()) as host:
+            server = BlockServer(repo.blocks)
+            server.install(host)
+            yield Node(host, repo, server, listen_addrs(host)[0])
+    finally:
+        repo.close()
+
+
+def seed(source: Node, targets: list[Node], path: Path) -> tuple[ShareLink, list[bytes]]:
+    """Add ``path`` on ``source`` and copy every block to ``targets``; returns the link and the CIDs."""
+    result = add_path(source.repo, path, chunk_size=CHUNK)
+    cids = list(source.repo.pin_blocks(result.link.root))
+    for target in targets:
+        with target.repo.blocks.writer() as writer:
+            for cid in cids:
+                writer.put(cid, source.repo.blocks.get(cid))
+            writer.commit()
+    return result.link, cids
+
+
+def sample(tmp_path: Path, size: int) -> Path:
+    path = tmp_path / "sample.bin"
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+async def test_four_providers_share_the_load_and_the_file_comes_back_exact(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            providers = [await stack.enter_async_context(node(tmp_path / f"p{i}")) for i in range(4)]
+            fetcher = await stack.enter_async_context(node(tmp_path / "fetcher"))
+            link, cids = seed(providers[0], providers[1:], sample(tmp_path, 3 * 1024 * 1024))
+            for provider in providers:
+                await connect(fetcher.host, provider.addr)
+            stats = await fetch_blocks(
+                fetcher.host, fetcher.repo.blocks, [p.peer_id for p in providers], cids
+            )
+            total = sum(len(fetcher.repo.blocks.get(c)) for c in cids)
+    assert stats.blocks == len(cids) > 150
+    counts = [stats.received_from.get(p.peer_id, 0) for p in providers]
+    assert all(c >= len(cids) // 8 for c in counts), counts  # every provider carried a real share
+    assert stats.bytes <= 1.05 * total
+    for provider, count in zip(providers, counts, strict=True):
+        assert provider.server.served_blocks >= count  # endgame copies may be served, then dropped
+    out = get_link(fetcher.repo, link, tmp_path / "out.bin")
+    assert out.path.read_bytes() == (tmp_path / "sample.bin").read_bytes()
+
+
+async def run_node(path: Path, stop: trio.Event, *, task_status: TaskStatus[Node]) -> None:
+    """A node in a task of its own, so that the test can stop it while others go on."""
+    async with node(path) as running:
+        task_status.started(running)
+        await stop.wait()
+
+
+async def test_a_provider_stopped_mid_transfer_and_the_rest_finish_it(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+            fetcher = await stack.enter_async_context(node(tmp_path / "fetcher"))
+            stay = [await stack.enter_async_context(node(tmp_path / f"p{i}")) for i in range(2)]
+            halfway = trio.Event()
+            leaving: Node = await nursery.start(run_node, tmp_path / "leaving", halfway)
+            link, cids = seed(stay[0], [stay[1], leaving], sample(tmp_path, 3 * 1024 * 1024))
+            for provider in [*stay, leaving]:
+                await connect(fetcher.host, provider.addr)
+            seen_from_leaving = 0
+
+            def on_block(_cid: bytes, peer: str) -> None:
+                nonlocal seen_from_leaving
+                seen_from_leaving += peer == leaving.peer_id
+                if seen_from_leaving >= 5:
+                    halfway.set()  # run_node returns: the leaving provider's host shuts down
+
+            peers = [p.peer_id for p in [*stay, leaving]]
+            stats = await fetch_blocks(fetcher.host, fetcher.repo.blocks, peers, cids, on_block=on_block)
+    assert halfway.is_set()
+    assert stats.blocks == len(cids)
+    assert 5 <= stats.received_from[leaving.peer_id] < len(cids) // 2
+    out = get_link(fetcher.repo, link, tmp_path / "out.bin")
+    assert out.path.read_bytes() == (tmp_path / "sample.bin").read_bytes()
+
+
+async def lying_handler(stream: INetStream) -> None:
+    """A peer that answers every request with bytes that do not match the CID asked for."""
+    decoder = FrameDecoder()
+    while True:
+        try:
+            data = await stream.read(1 << 16)
+        except Exception:  # noqa: BLE001 - any end of the stream ends this fake peer
+            return
+        for message in decoder.feed(data):
+            if isinstance(message, Want):
+                await stream.write(encode_message(Block(message.request, b"not the block" * 100)))
+
+
+async def test_a_peer_serving_corrupted_blocks_is_dropped_and_nothing_bad_is_stored(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            good = await stack.enter_async_context(node(tmp_path / "good"))
+            liar = await stack.enter_async_context(node(tmp_path / "liar"))
+            set_handler(liar.host, PROTOCOL_ID, lying_handler)
+            fetcher = await stack.enter_async_context(node(tmp_path / "fetcher"))
+            link, cids = seed(good, [], sample(tmp_path, 1024 * 1024))
+            for provider in (good, liar):
+                await connect(fetcher.host, provider.addr)
+            stats = await fetch_blocks(fetcher.host, fetcher.repo.blocks, [liar.peer_id, good.peer_id], cids)
+    assert stats.dropped == {liar.peer_id}
+    assert liar.peer_id not in stats.received_from
+    assert stats.blocks == len(cids)
+    for cid in cids:
+        fetcher.repo.blocks.get(cid)  # verified read: every stored block is the right one
+    out = get_link(fetcher.repo, link, tmp_path / "out.bin")
+    assert out.path.read_bytes() == (tmp_path / "sample.bin").read_bytes()
+
+
+async def test_a_block_nobody_has_fails_fast_and_clearly(tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        providers = [await stack.enter_async_context(node(tmp_path / f"p{i}")) for i in range(2)]
+        fetcher = await stack.enter_async_context(node(tmp_path / "fetcher"))
+        for provider in providers:
+            await connect(fetcher.host, provider.addr)
+        start = trio.current_time()
+        with trio.fail_after(10), pytest.raises(FetchError, match="no peer has block"):
+            await fetch_blocks(
+                fetcher.host,
+                fetcher.repo.blocks,
+                [p.peer_id for p in providers],
+                [cid_of(b"nobody has this")],
+            )
+        assert trio.current_time() - start < 5  # not-found answers, not timeouts
+
+
+async def test_no_reachable_peer_is_a_clear_error(tmp_path: Path) -> None:
+    async with node(tmp_path / "fetcher") as fetcher:
+        with trio.fail_after(20), pytest.raises(FetchError, match="no peer could provide"):
+            await fetch_blocks(fetcher.host, fetcher.repo.blocks, [], [cid_of(b"x")])
+
+
+async def test_blocks_already_held_are_never_fetched_again(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            provider = await stack.enter_async_context(node(tmp_path / "provider"))
+            fetcher = await stack.enter_async_context(node(tmp_path / "fetcher"))
+            _, cids = seed(provider, [], sample(tmp_path, 1024 * 1024))
+            held = cids[::2]
+            with fetcher.repo.blocks.writer() as writer:
+                for cid in held:
+                    writer.put(cid, provider.repo.blocks.get(cid))
+                writer.commit()
+            await connect(fetcher.host, provider.addr)
+            stats = await fetch_blocks(fetcher.host, fetcher.repo.blocks, [provider.peer_id], cids)
+    assert stats.already_held == len(held)
+    assert stats.blocks == len(cids) - len(held) == provider.server.served_blocks
