@@ -125,11 +125,14 @@ class IndexBuilder:
         self._push(level + 1, cid, out)
 
 
-def iter_leaves(node: Node, keys: NodeKeys, fetch: Fetch) -> Iterator[tuple[int, bytes]]:
+def iter_leaves(
+    node: Node, keys: NodeKeys, fetch: Fetch, on_index: Callable[[bytes], None] | None = None
+) -> Iterator[tuple[int, bytes]]:
     """Yield ``(position, cid)`` of every data chunk of ``node`` in order, opening index blocks as needed.
 
     ``fetch(cid)`` returns a block's bytes; every index block is verified against its CID and checked
     against the counts the node's size implies, so truncation, reordering and substitution fail here.
+    ``on_index(cid)`` is told of every index block once it has been read and checked.
     """
     counts = node.counts()
     fan = fanout(node.chunk_size)
@@ -146,6 +149,8 @@ def iter_leaves(node: Node, keys: NodeKeys, fetch: Fetch) -> Iterator[tuple[int,
         if len(block) != expected * CID_LEN + TAG_LEN:
             raise ManifestError("index block has the wrong length for its position")
         plain = keys.index(level).open(position, block, "index block")
+        if on_index is not None:
+            on_index(cid)
         for i in range(expected):
             child = check_cid(plain[i * CID_LEN : (i + 1) * CID_LEN])
             if level == 1:

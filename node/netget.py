@@ -1,0 +1,244 @@
+"""Getting a link from the network: find providers, fetch the whole tree into the repo, pin it.
+
+The tree is fetched in rounds. Each round walks what the repo holds (``_walk``, in a worker thread) and
+collects the blocks it lacks - a root, node or index blocks, directory listings, data - then fetches them
+from every provider at once (``node/exchange.py``). Metadata needs one round per level of the tree; the
+data of every file comes in the last round, spread over all providers. When nothing is missing, the
+root is pinned with its whole block list (so gc keeps it and the node serves it: it becomes a seed) and
+the output is written by the ordinary local ``get`` (``node/get.py``), which checks everything again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import trio
+from libp2p.abc import IHost
+
+from node.dht import Dht, open_dht
+from node.errors import NetworkError, NotFoundError
+from node.exchange import FetchError, FetchStats, fetch_blocks
+from node.host import Peer, connect, new_identity, open_host
+from node.repo import Pin, Repo, now
+from protocol.cid import cid_to_text, verify_block
+from protocol.errors import DecryptError
+from protocol.link import ShareLink
+from protocol.manifest import EntryDecoder, Node, decode_node
+from protocol.seal import NodeKeys
+from protocol.stream import iter_leaves, open_chunk
+
+log = logging.getLogger(__name__)
+
+ROUND_LIMIT = 8192  # blocks asked for in one round: bounds memory whatever the tree's size
+MAX_DEPTH = 255
+FIND_TIMEOUT = 30.0
+
+
+@dataclass
+class FetchReport:
+    root: bytes
+    providers: int
+    rounds: int = 0
+    stats: FetchStats | None = None
+    pinned: bool = False
+
+
+class _Missing(Exception):
+    """Control flow inside the walk (a block the repo lacks); never escapes this module."""
+
+    def __init__(self, cid: bytes) -> None:
+        self.cid = cid
+
+
+@dataclass
+class _Summary:
+    kind: str = "file"
+    size: int = 0
+
+
+def _walk(repo: Repo, link: ShareLink, summary: _Summary) -> Iterator[tuple[bytes, bool]]:
+    """Every block of the tree reachable from what the repo holds, as ``(cid, held)``.
+
+    Below a missing node, index block or listing the walk cannot see, so it yields that block and
+    skips the subtree; the next round goes further. Data blocks are yielded, never read.
+    """
+    blocks = repo.blocks
+
+    def fetch(cid: bytes) -> bytes:
+        try:
+            return blocks.get(cid, verify=False)
+        except NotFoundError:
+            raise _Missing(cid) from None
+
+    def open_node(number: int, cid: bytes, root: bool) -> tuple[Node, NodeKeys]:
+        block = fetch(cid)
+        verify_block(cid, block)
+        keys = NodeKeys(link.key, number)
+        try:
+            plain = keys.node.open(0, block, "manifest")
+        except DecryptError:
+            if root:
+                raise DecryptError("the link's key does not open its root: the link is wrong") from None
+            raise
+        return decode_node(plain, root=root), keys
+
+    def visit(number: int, cid: bytes, root: bool, depth: int) -> Iterator[tuple[bytes, bool]]:
+        try:
+            node, keys = open_node(number, cid, root)
+        except _Missing:
+            yield cid, False
+            return
+        yield cid, True
+        if root:
+            summary.kind = node.kind
+        if depth > MAX_DEPTH:
+            return
+        leaves = []
+        index: list[bytes] = []
+        try:
+            for _position, leaf in iter_leaves(node, keys, fetch, index.append):
+                if node.kind == "file":
+                    yield leaf, blocks.has(leaf)
+                else:
+                    leaves.append(leaf)
+        except _Missing as missing:
+            yield from ((c, True) for c in index)
+            yield missing.cid, False
+            return
+        yield from ((c, True) for c in index)
+        if node.kind == "file":
+            summary.size += node.size
+            return
+        held = [(leaf, blocks.has(leaf)) for leaf in leaves]
+        yield from held
+        if not all(h for _, h in held):
+            return
+        decoder = EntryDecoder()
+        for position, leaf in enumerate(leaves):
+            plain = open_chunk(keys.data, node, position, leaf, fetch(leaf))
+            keep = max(0, min(len(plain), node.size - position * node.chunk_size))
+            for entry in decoder.feed(plain[:keep]):
+                yield from visit(entry.number, entry.cid, False, depth + 1)
+        decoder.finish()
+
+    yield from visit(0, link.root, True, 0)
+
+
+def missing_blocks(repo: Repo, link: ShareLink, limit: int = ROUND_LIMIT) -> list[bytes]:
+    """Up to ``limit`` blocks the next round must fetch (empty when the tree is complete)."""
+    out: dict[bytes, None] = {}
+    for cid, held in _walk(repo, link, _Summary()):
+        if not held:
+            out[cid] = None
+            if len(out) >= limit:
+                break
+    return list(out)
+
+
+def pin_fetched(repo: Repo, link: ShareLink) -> Pin:
+    """Pin a complete tree with its block list, so gc keeps it and the node serves and announces it.
+
+    A root pinned already (added here, or fetched before) keeps its pin as it is.
+    """
+    with contextlib.suppress(NotFoundError):
+        return repo.read_pin(link.root)
+    summary = _Summary()
+    path = repo.new_block_list()
+    count = stored = 0
+    seen: set[bytes] = set()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            for cid, held in _walk(repo, link, summary):
+                if not held:
+                    raise NotFoundError(f"block {cid_to_text(cid)} is missing: the tree is not complete")
+                if cid in seen:
+                    continue
+                seen.add(cid)
+                f.write(cid)
+                count += 1
+                stored += len(repo.blocks.get(cid, verify=False))
+            f.flush()
+            os.fsync(f.fileno())
+        pin = Pin(link.root, summary.kind, summary.size, count, stored, now(), link.name)
+        repo.write_pin(pin, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise
+    return pin
+
+
+async def fetch_link(
+    host: IHost,
+    dht: Dht | None,
+    repo: Repo,
+    link: ShareLink,
+    *,
+    announce: bool = True,
+    find_timeout: float = FIND_TIMEOUT,
+) -> FetchReport:
+    """Make every block of ``link``'s tree present in ``repo`` and pin it.
+
+    Providers come from the link's peer hints (dialed first), the DHT, and peers already connected.
+    With ``announce``, the node announces the root as soon as it starts (it serves what it holds while
+    fetching, like a BitTorrent peer) and pins it at the end.
+    """
+    if not await trio.to_thread.run_sync(missing_blocks, repo, link, 1):
+        await trio.to_thread.run_sync(pin_fetched, repo, link)
+        return FetchReport(link.root, 0, pinned=True)
+    peers: dict[str, None] = {}
+    for hint in link.peers:
+        try:
+            peers[await connect(host, hint)] = None
+        except NetworkError as exc:
+            log.info("peer hint unreachable: %s", exc)
+    if dht is not None:
+        if announce:
+            await dht.provide(link.root)
+        found: list[Peer] = await dht.find_providers(link.root, timeout=find_timeout)
+        for provider in found:
+            try:
+                peers[await connect(host, provider)] = None
+            except NetworkError as exc:
+                log.info("provider unreachable: %s", exc)
+    if not peers:
+        raise FetchError(
+            "no providers found: no reachable peer has announced this link,"
+            " and it carries no reachable peer address"
+        )
+    report = FetchReport(link.root, len(peers))
+    total = FetchStats()
+    while True:
+        missing = await trio.to_thread.run_sync(missing_blocks, repo, link)
+        if not missing:
+            break
+        report.rounds += 1
+        stats = await fetch_blocks(host, repo.blocks, list(peers), missing)
+        total.blocks += stats.blocks
+        total.bytes += stats.bytes
+        for peer, n in stats.received_from.items():
+            total.received_from[peer] = total.received_from.get(peer, 0) + n
+        total.dropped |= stats.dropped
+    report.stats = total
+    await trio.to_thread.run_sync(pin_fetched, repo, link)
+    report.pinned = True
+    return report
+
+
+def get_from_network(repo: Repo, link: ShareLink, *, bootstrap: Sequence[str] = ()) -> FetchReport:
+    """Fetch ``link`` into ``repo`` with a temporary node (no daemon runs): a host on loopback with a
+    fresh identity, the DHT bootstrapped from ``bootstrap``, the link's peer hints. It does not announce
+    (it will not stay up to serve). Then ``node.get.get_link`` writes the output from the repo."""
+
+    async def run() -> FetchReport:
+        async with open_host(new_identity()) as host, open_dht(host) as dht:
+            if bootstrap:
+                await dht.bootstrap(bootstrap)
+            return await fetch_link(host, dht, repo, link, announce=False)
+
+    return trio.run(run)
