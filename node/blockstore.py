@@ -262,7 +262,8 @@ class PackWriter:
         self._packs: list[tuple[int, int]] = []  # (number, fd) in order of creation
         self._end = 0
         self._committed_end: dict[int, int] = {}
-        self._pending: dict[bytes, tuple[int, int, int]] = {}
+        self._pending: dict[bytes, tuple[int, int, int]] = {}  # written, not yet committed
+        self._reserved: set[bytes] = set()  # every digest this session has taken on
         self.written = 0  # blocks this session added
         self._new_pack()
 
@@ -304,14 +305,14 @@ class PackWriter:
         if not force and self.store.has(cid):
             return False
         with self._lock:
-            if digest in self._pending:
+            if digest in self._reserved:
                 return False
+            self._reserved.add(digest)
             if self._end + len(block) > PACK_MAX and self._end:
                 self._new_pack()
             number, fd = self._packs[-1]
             offset = self._end
             self._end += len(block)
-            self._pending[digest] = (number, offset, len(block))
             step = offset // WRITEBACK_STEP
             flush = step > self._flushed
             if flush:
@@ -321,16 +322,18 @@ class PackWriter:
             if flush:  # start writing the previous step to disk while sealing goes on
                 start_writeback(fd, (step - 1) * WRITEBACK_STEP, WRITEBACK_STEP)
         except OSError as exc:
+            with self._lock:
+                self._reserved.discard(digest)
             if is_full(exc):
                 raise full_error(self.store.root) from None
             raise
+        with self._lock:  # only now may a commit index it: its bytes are all written
+            self._pending[digest] = (number, offset, len(block))
         return True
 
     def commit(self, *, replace: bool = False) -> None:
-        """fsync this session's packs, then index their blocks in one transaction.
-
-        Call it only when no ``put`` is in flight.
-        """
+        """fsync this session's packs, then index, in one transaction, every block whose ``put`` has
+        returned. Safe while other threads are putting: blocks still being written wait for the next."""
         with self._lock:
             pending = self._pending
             self._pending = {}

@@ -41,6 +41,8 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 SERVER_MAX_OPEN = 64
+LOAD_BATCH = 4  # replies read from the store in one worker-thread call
+LOAD_AHEAD = 8  # replies framed and waiting to be written
 READ_SIZE = 1 << 18
 REQUEST_TIMEOUT = 10.0
 COMMIT_EVERY = 64  # blocks: fetched blocks become visible (and servable) in batches this size
@@ -52,6 +54,14 @@ class FetchError(NetworkError):
 
 
 # -- serving ------------------------------------------------------------------------------------------
+
+
+class _Requests(dict[int, bytes]):
+    """A stream's open requests (request id -> CID), answered oldest first."""
+
+    def popitem_first(self) -> tuple[int, bytes]:
+        request = next(iter(self))
+        return request, self.pop(request)
 
 
 class BlockServer:
@@ -66,7 +76,7 @@ class BlockServer:
         set_handler(host, PROTOCOL_ID, self.handle)
 
     async def handle(self, stream: INetStream) -> None:
-        queue: dict[int, bytes] = {}
+        queue = _Requests()
         wake = trio.Event()
         finished = False
         broken = False
@@ -95,32 +105,49 @@ class BlockServer:
             finished = True
             wake.set()
 
-        async def answer(cancel: trio.CancelScope) -> None:
-            nonlocal wake, broken
-            try:
+        frames_in, frames_out = trio.open_memory_channel[tuple[bytes, int]](LOAD_AHEAD)
+
+        def load(batch: list[tuple[int, bytes]]) -> list[tuple[bytes, int]]:
+            """In a worker thread: read, verify and frame a few replies at once."""
+            out = []
+            for request, cid in batch:
+                try:
+                    block = self.store.get(cid)
+                except (NotFoundError, CorruptBlockError, RepoError):
+                    out.append((encode_message(NotFound(request)), 0))
+                else:
+                    out.append((encode_message(Block(request, block)), len(block)))
+            return out
+
+        async def prepare() -> None:
+            # reads the next replies from disk while the previous ones are being written
+            nonlocal wake
+            async with frames_in:
                 while queue or not finished:
                     if not queue:
                         await wake.wait()
                         wake = trio.Event()
                         continue
-                    request = next(iter(queue))
-                    cid = queue.pop(request)
-                    try:
-                        block = await trio.to_thread.run_sync(self.store.get, cid)
-                        reply: Message = Block(request, block)
-                    except (NotFoundError, CorruptBlockError, RepoError):
-                        reply = NotFound(request)
-                    await stream.write(encode_message(reply))
-                    if isinstance(reply, Block):
+                    batch = [queue.popitem_first() for _ in range(min(LOAD_BATCH, len(queue)))]
+                    for frame in await trio.to_thread.run_sync(load, batch):
+                        await frames_in.send(frame)
+
+        async def send(cancel: trio.CancelScope) -> None:
+            nonlocal broken
+            try:
+                async for frame, size in frames_out:
+                    await stream.write(frame)
+                    if size:
                         self.served_blocks += 1
-                        self.served_bytes += len(reply.data)
+                        self.served_bytes += size
             except _STREAM_ERRORS:
                 broken = True
                 cancel.cancel()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_requests, nursery.cancel_scope)
-            nursery.start_soon(answer, nursery.cancel_scope)
+            nursery.start_soon(prepare)
+            nursery.start_soon(send, nursery.cancel_scope)
         if broken:
             await _reset(stream)
         else:
@@ -154,7 +181,7 @@ class _Session:
     ignored: set[int] = field(default_factory=set)  # cancelled or timed out: late answers are dropped
 
 
-_Event = tuple[str, "Message | _Opened | None"]
+_Event = tuple[str, "Message | _Stored | _Corrupt | _Opened | None"]
 
 
 async def fetch_blocks(
@@ -197,7 +224,7 @@ async def fetch_blocks(
                     return
                 sessions[peer] = _Session(peer, stream)
                 plan.add_peer(peer)
-                nursery.start_soon(_read_replies, peer, stream, send.clone())
+                nursery.start_soon(_read_replies, sessions[peer], writer, send.clone())
                 await send.send((peer, _OPENED))
 
             for peer in opening:
@@ -223,19 +250,47 @@ class _Opened:
 _OPENED = _Opened()
 
 
-async def _read_replies(peer: str, stream: INetStream, send: trio.MemorySendChannel[_Event]) -> None:
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A reader verified and stored the block for ``request`` (``size`` bytes)."""
+
+    request: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Corrupt:
+    """A reader got a block for ``request`` that does not hash to the CID asked for."""
+
+    request: int
+    size: int
+
+
+async def _read_replies(session: _Session, writer: PackWriter, send: trio.MemorySendChannel[_Event]) -> None:
+    """Read a provider's replies; verify and store each block here, so providers' blocks are hashed
+    and written in parallel, and hand the outcome to the fetch loop."""
     decoder = FrameDecoder()
+    peer = session.peer
     async with send:
         try:
-            while True:
-                data = await stream.read(READ_SIZE)
-                if not data:
-                    break
+            while data := await session.stream.read(READ_SIZE):
                 for message in decoder.feed(data):
-                    await send.send((peer, message))
+                    entry = session.open.get(message.request) if isinstance(message, Block) else None
+                    if isinstance(message, Block) and entry is not None:
+                        store = functools.partial(writer.put, entry[0], message.data)
+                        try:
+                            await trio.to_thread.run_sync(store)
+                        except CorruptBlockError:
+                            await send.send((peer, _Corrupt(message.request, len(message.data))))
+                            return
+                        await send.send((peer, _Stored(message.request, len(message.data))))
+                    else:
+                        await send.send((peer, message))
         except (MessageError, *_STREAM_ERRORS):
             pass
-        await send.send((peer, None))
+        finally:
+            with trio.CancelScope(shield=True), contextlib.suppress(trio.BrokenResourceError):
+                await send.send((peer, None))
 
 
 async def _run_fetch(
@@ -297,24 +352,27 @@ async def _run_fetch(
             session = sessions.get(peer)
             if session is None:
                 continue
-            if isinstance(message, Block | NotFound) and message.request in session.ignored:
+            if (
+                isinstance(message, Block | NotFound | _Stored | _Corrupt)
+                and message.request in session.ignored
+            ):
                 session.ignored.discard(message.request)
                 continue
-            entry = session.open.pop(message.request, None) if isinstance(message, Block | NotFound) else None
+            if isinstance(message, _Stored | _Corrupt):
+                stats.bytes += message.size
+            if isinstance(message, _Corrupt):
+                log.info("block exchange: %s sent a corrupted block; dropping it", peer)
+                await drop(peer, bad=True)
+                continue
+            entry = None
+            if isinstance(message, NotFound | _Stored):
+                entry = session.open.pop(message.request, None)
             if entry is None:
                 await drop(peer, bad=True)  # a reply to nothing, or a request sent to us
                 continue
             cid = entry[0]
             if isinstance(message, NotFound):
                 plan.not_found(peer, cid)
-                continue
-            assert isinstance(message, Block)
-            stats.bytes += len(message.data)
-            try:
-                await trio.to_thread.run_sync(functools.partial(writer.put, cid, message.data))
-            except CorruptBlockError:
-                log.info("block exchange: %s sent a corrupted block; dropping it", peer)
-                await drop(peer, bad=True)
                 continue
             try:
                 cancels = plan.received(peer, cid)
