@@ -180,17 +180,20 @@ async def fetch_link(
     link: ShareLink,
     *,
     announce: bool = True,
+    pin: bool = True,
     find_timeout: float = FIND_TIMEOUT,
 ) -> FetchReport:
-    """Make every block of ``link``'s tree present in ``repo`` and pin it.
+    """Make every block of ``link``'s tree present in ``repo`` and, with ``pin``, pin it.
 
     Providers come from the link's peer hints (dialed first), the DHT, and peers already connected.
     With ``announce``, the node announces the root as soon as it starts (it serves what it holds while
-    fetching, like a BitTorrent peer) and pins it at the end.
+    fetching, like a BitTorrent peer). Without ``pin`` the blocks stay unpinned: gc may remove them
+    and the reprovider does not announce them (``get --no-seed``).
     """
     if not await trio.to_thread.run_sync(missing_blocks, repo, link, 1):
-        await trio.to_thread.run_sync(pin_fetched, repo, link)
-        return FetchReport(link.root, 0, pinned=True)
+        if pin:
+            await trio.to_thread.run_sync(pin_fetched, repo, link)
+        return FetchReport(link.root, 0, pinned=pin)
     peers: dict[str, None] = {}
     for hint in link.peers:
         try:
@@ -225,12 +228,15 @@ async def fetch_link(
             total.received_from[peer] = total.received_from.get(peer, 0) + n
         total.dropped |= stats.dropped
     report.stats = total
-    await trio.to_thread.run_sync(pin_fetched, repo, link)
-    report.pinned = True
+    if pin:
+        await trio.to_thread.run_sync(pin_fetched, repo, link)
+        report.pinned = True
     return report
 
 
-def get_from_network(repo: Repo, link: ShareLink, *, bootstrap: Sequence[str] = ()) -> FetchReport:
+def get_from_network(
+    repo: Repo, link: ShareLink, *, bootstrap: Sequence[str] = (), pin: bool = True
+) -> FetchReport:
     """Fetch ``link`` into ``repo`` with a temporary node (no daemon runs): a host on loopback with a
     fresh identity, the DHT bootstrapped from ``bootstrap``, the link's peer hints. It does not announce
     (it will not stay up to serve). Then ``node.get.get_link`` writes the output from the repo."""
@@ -239,6 +245,6 @@ def get_from_network(repo: Repo, link: ShareLink, *, bootstrap: Sequence[str] = 
         async with open_host(new_identity()) as host, open_dht(host) as dht:
             if bootstrap:
                 await dht.bootstrap(bootstrap)
-            return await fetch_link(host, dht, repo, link, announce=False)
+            return await fetch_link(host, dht, repo, link, announce=False, pin=pin)
 
     return trio.run(run)
