@@ -27,3 +27,19 @@ class DestinationError(NodeError):
 
 class NetworkError(NodeError):
     """The network layer failed: a bad address or identity, a dial, a stream, a listen, or a deadline."""
+
+
+class ConfigError(NodeError):
+    """The repo's config.toml is unreadable or holds a value Sealbox cannot use."""
+
+
+class DaemonError(NodeError):
+    """The daemon cannot start (e.g. another one holds the repo), or no daemon answers on the repo."""
+
+
+class ApiError(NodeError):
+    """The daemon's control API refused a request or answered with an error."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
