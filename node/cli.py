@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from node.add import add_path, scan_size
-from node.errors import NodeError
-from node.get import get_link
-from node.repo import Pin, Repo, default_repo_path
+from node.api_client import ApiClient, NoDaemon
+from node.errors import DaemonError, NodeError, NotFoundError
+from node.get import GetResult, get_link
+from node.repo import Repo, default_repo_path
+from node.views import add_json, pin_json
 from protocol.cid import cid_from_text, cid_to_text
 from protocol.errors import LinkError, ProtocolError
-from protocol.link import SCHEME, parse_link
+from protocol.link import SCHEME, ShareLink, parse_link
 from protocol.manifest import DEFAULT_CHUNK
 
 EXIT_ERROR = 1
@@ -62,25 +65,45 @@ class Output:
             print(text)
 
 
+def _repo_path(args: argparse.Namespace) -> Path:
+    return Path(args.repo) if args.repo else default_repo_path()
+
+
 def _open_repo(args: argparse.Namespace, *, create: bool = True) -> Repo:
-    return Repo.open(Path(args.repo) if args.repo else default_repo_path(), create=create)
+    return Repo.open(_repo_path(args), create=create)
 
 
-def _pin_json(pin: Pin) -> dict[str, Any]:
-    return {
-        "root": cid_to_text(pin.root),
-        "name": pin.name,
-        "kind": pin.kind,
-        "size": pin.size,
-        "blocks": pin.blocks,
-        "stored_bytes": pin.stored,
-        "added": datetime.fromtimestamp(pin.added, UTC).isoformat(timespec="seconds"),
-    }
+def _daemon(args: argparse.Namespace) -> ApiClient:
+    """The client of the daemon running on this repo; its calls raise NoDaemon when none answers."""
+    return ApiClient(_repo_path(args))
+
+
+def _warn(message: str) -> None:
+    print(f"sealbox: warning: {message}", file=sys.stderr)
 
 
 def cmd_add(args: argparse.Namespace) -> None:
-    repo = _open_repo(args)
     path = Path(args.path)
+    request = {
+        "path": os.path.abspath(path),
+        "name": args.name,
+        "with_size": args.with_size,
+        "peer_hints": args.peer_hints,
+    }
+    try:
+        data = _daemon(args).call("POST", "/v1/add", request, timeout=None)
+    except NoDaemon:
+        if args.peer_hints:
+            raise DaemonError(
+                "--peer-hints needs a running daemon (its listen addresses go into the link):"
+                " start one with 'sealbox daemon'"
+            ) from None
+    else:
+        for message in data.pop("warnings", []):
+            _warn(str(message))
+        Output(args).emit(data, str(data["link"]))
+        return
+    repo = _open_repo(args)
     total = scan_size(path) if sys.stderr.isatty() and not args.json and path.exists() else None
     with progress_bar(args, total, "sealing") as advance:
         result = add_path(
@@ -90,14 +113,9 @@ def cmd_add(args: argparse.Namespace) -> None:
             with_size=args.with_size,
             chunk_size=args.chunk_size,
             progress=advance,
-            warn=lambda msg: print(f"sealbox: warning: {msg}", file=sys.stderr),
+            warn=_warn,
         )
-    data = _pin_json(result.pin) | {
-        "link": str(result.link),
-        "new_blocks": result.new_blocks,
-        "already_added": result.existing,
-    }
-    Output(args).emit(data, str(result.link))
+    Output(args).emit(add_json(result, str(result.link)), str(result.link))
 
 
 def cmd_get(args: argparse.Namespace) -> None:
@@ -105,8 +123,15 @@ def cmd_get(args: argparse.Namespace) -> None:
         raise LinkError("get needs a share link (sealbox:?...): a root alone does not carry the key")
     link = parse_link(args.link)
     repo = _open_repo(args)
-    with progress_bar(args, link.size, "opening") as advance:
-        result = get_link(repo, link, Path(args.output) if args.output else None, progress=advance)
+    if not repo.blocks.has(link.root):
+        _fetch_from_network(args, repo, link)
+        result = _get_local(args, repo, link)
+    else:
+        try:
+            result = _get_local(args, repo, link)
+        except NotFoundError:  # a block under the root is missing (e.g. an interrupted fetch)
+            _fetch_from_network(args, repo, link)
+            result = _get_local(args, repo, link)
     data = {
         "root": cid_to_text(link.root),
         "path": str(result.path),
@@ -117,14 +142,42 @@ def cmd_get(args: argparse.Namespace) -> None:
     Output(args).emit(data, str(result.path))
 
 
+def _get_local(args: argparse.Namespace, repo: Repo, link: ShareLink) -> GetResult:
+    with progress_bar(args, link.size, "opening") as advance:
+        return get_link(repo, link, Path(args.output) if args.output else None, progress=advance)
+
+
+def _fetch_from_network(args: argparse.Namespace, repo: Repo, link: ShareLink) -> None:
+    """Bring the link's blocks into the repo: through the daemon if one runs, else with a temporary node
+    that asks the link's peer hints and the configured bootstrap peers. With neither, say so."""
+    try:
+        _daemon(args).call("POST", "/v1/fetch", {"link": str(link), "seed": not args.no_seed}, timeout=None)
+        return
+    except NoDaemon:
+        pass
+    from node import netget  # imports libp2p: only when the network is needed
+    from node.config import load_config
+
+    bootstrap = [*load_config(repo.path, create=False).bootstrap, *(args.bootstrap or ())]
+    if not link.peers and not bootstrap:
+        raise NotFoundError(
+            f"{cid_to_text(link.root)} is not in this repo, and there is nowhere to look for it: the link"
+            " has no peer hints, no bootstrap peer is configured, and no daemon runs"
+        )
+    netget.get_from_network(repo, link, bootstrap=bootstrap, pin=not args.no_seed)
+
+
 def cmd_ls(args: argparse.Namespace) -> None:
-    pins = _open_repo(args).pins()
+    try:
+        pins = _daemon(args).call("GET", "/v1/ls")["pins"]
+    except NoDaemon:
+        pins = [pin_json(p) for p in _open_repo(args).pins()]
     rows = [f"{'ROOT':<59}  {'NAME':<24}  {'SIZE':>10}  ADDED"]
     for pin in pins:
-        added = datetime.fromtimestamp(pin.added).strftime("%Y-%m-%d %H:%M")
-        name = pin.name if pin.name is not None else "-"
-        rows.append(f"{cid_to_text(pin.root):<59}  {name:<24.24}  {human(pin.size):>10}  {added}")
-    Output(args).emit([_pin_json(p) for p in pins], "\n".join(rows) if pins else None)
+        added = datetime.fromisoformat(pin["added"]).astimezone().strftime("%Y-%m-%d %H:%M")
+        name = pin["name"] if pin["name"] is not None else "-"
+        rows.append(f"{pin['root']:<59}  {name:<24.24}  {human(pin['size']):>10}  {added}")
+    Output(args).emit(pins, "\n".join(rows) if pins else None)
 
 
 def _root_of(text: str) -> bytes:
@@ -133,12 +186,51 @@ def _root_of(text: str) -> bytes:
 
 
 def cmd_rm(args: argparse.Namespace) -> None:
-    repo = _open_repo(args, create=False)
     roots = [_root_of(t) for t in args.targets]
-    with repo.lock():
-        removed = [repo.unpin(root) for root in roots]
-    text = "\n".join(f"unpinned {cid_to_text(p.root)}" for p in removed)
-    Output(args).emit({"unpinned": [cid_to_text(p.root) for p in removed]}, text)
+    try:
+        removed = _daemon(args).call("POST", "/v1/rm", {"roots": [cid_to_text(r) for r in roots]})["unpinned"]
+    except NoDaemon:
+        repo = _open_repo(args, create=False)
+        with repo.lock():
+            removed = [cid_to_text(repo.unpin(root).root) for root in roots]
+    text = "\n".join(f"unpinned {root}" for root in removed)
+    Output(args).emit({"unpinned": removed}, text)
+
+
+def _running(args: argparse.Namespace, path: str) -> Any:
+    try:
+        return _daemon(args).call("GET", path)
+    except NoDaemon:
+        raise DaemonError(f"no daemon runs on {_repo_path(args)}: start one with 'sealbox daemon'") from None
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    status = _running(args, "/v1/status")
+    limit = status["storage_limit"]
+    last = status["last_reprovide"]
+    lines = [
+        f"peer id    {status['peer_id']}",
+        *(f"listening  {addr}" for addr in status["addrs"]),
+        f"peers      {status['peers']}",
+        f"stored     {status['blocks']} blocks, {human(status['stored_bytes'])}"
+        f" (limit: {human(limit) if limit is not None else 'none'})",
+        f"roots      {status['roots']} pinned, {status['roots_announced']} announced"
+        f" (last announcement: {last or 'none yet'}); seeding {'on' if status['seed'] else 'off'}",
+    ]
+    Output(args).emit(status, "\n".join(lines))
+
+
+def cmd_peers(args: argparse.Namespace) -> None:
+    peers = _running(args, "/v1/peers")["peers"]
+    text = "\n".join(f"{p['peer_id']}  {' '.join(p['addrs'])}".rstrip() for p in peers)
+    Output(args).emit(peers, text or None)
+
+
+def cmd_daemon(args: argparse.Namespace) -> None:
+    from node import daemon  # imports trio and libp2p: only for the daemon
+
+    daemon.configure_logging(args.log_level)
+    daemon.run(_repo_path(args), listen=args.listen or (), bootstrap=args.bootstrap or ())
 
 
 def cmd_gc(args: argparse.Namespace) -> None:
@@ -185,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("path", help="file or directory to add")
     add.add_argument("--name", help="display name to show in 'ls' and carry (opt-in) in the link")
     add.add_argument("--with-size", action="store_true", help="carry the total size in the link")
+    add.add_argument(
+        "--peer-hints",
+        action="store_true",
+        help="carry this node's listen addresses in the link (needs a running daemon)",
+    )
     add.add_argument("--chunk-size", type=_chunk_size, default=DEFAULT_CHUNK, help=argparse.SUPPRESS)
     add.set_defaults(func=cmd_add)
 
@@ -192,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("link", help="a sealbox:?... share link (quote it in the shell)")
     get.add_argument(
         "-o", "--output", help="destination path (default: ./NAME; into DEST/NAME if DEST is a folder)"
+    )
+    get.add_argument(
+        "--bootstrap",
+        action="append",
+        metavar="MULTIADDR",
+        help="without a daemon: a peer to find providers through (repeatable; adds to the config's)",
+    )
+    get.add_argument(
+        "--no-seed",
+        action="store_true",
+        help="do not announce, pin or keep serving what was fetched (by default a fetcher becomes a seed)",
     )
     get.set_defaults(func=cmd_get)
 
@@ -204,6 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     gc = sub.add_parser("gc", parents=[common], help="remove blocks no pinned root needs")
     gc.set_defaults(func=cmd_gc)
+
+    daemon = sub.add_parser(
+        "daemon", parents=[common], help="run the node: serve and announce pinned roots, answer the CLI"
+    )
+    daemon.add_argument(
+        "--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable; overrides config)"
+    )
+    daemon.add_argument(
+        "--bootstrap",
+        action="append",
+        metavar="MULTIADDR",
+        help="peer to join the DHT through, .../p2p/<id> (repeatable; overrides config)",
+    )
+    daemon.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
+    )
+    daemon.set_defaults(func=cmd_daemon)
+
+    status = sub.add_parser("status", parents=[common], help="show the running daemon's state")
+    status.set_defaults(func=cmd_status)
+    peers = sub.add_parser("peers", parents=[common], help="list the peers the daemon is connected to")
+    peers.set_defaults(func=cmd_peers)
     return parser
 
 

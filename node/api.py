@@ -1,0 +1,243 @@
+"""The local control API: HTTP/1.1 over the Unix socket ``REPO/api.sock``, parsed by h11, JSON bodies.
+
+Only the user who owns the repo can reach it: the socket is 0600 inside the 0700 repo, and every request
+must carry ``Authorization: Bearer <token>`` where the token is in ``REPO/api.token`` (0600, new at each
+daemon start). One request per connection (the answer says ``Connection: close``). A client gets
+``READ_TIMEOUT`` seconds to send its whole request and ``MAX_BODY`` bytes of body; headers are capped at
+``MAX_HEADER_BYTES``; at most ``MAX_CONNECTIONS`` connections are served at once.
+
+The routes themselves (``node/control.py``) are plain async functions of the decoded JSON body; they raise
+:class:`node.errors.NodeError` (or a protocol error) for a refusal, which becomes ``{"error": "..."}``
+with a status that fits. The endpoints are listed in ``node/control.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import h11
+import trio
+
+from node.errors import ApiError, DaemonError, NetworkError, NodeError, NotFoundError, RepoFullError
+from node.fsutil import write_atomic
+from protocol.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "api.sock"
+TOKEN_NAME = "api.token"  # noqa: S105 - a file name, not a secret
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+MAX_HEADER_BYTES = 16 * 1024
+MAX_BODY = 64 * 1024
+MAX_CONNECTIONS = 32
+READ_TIMEOUT = 10.0
+WRITE_TIMEOUT = 10.0
+RECEIVE_SIZE = 16 * 1024
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+Routes = Mapping[tuple[str, str], Handler]  # (method, path) -> handler
+
+
+def socket_path(repo_path: Path) -> Path:
+    path = repo_path.absolute() / SOCKET_NAME
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise DaemonError(
+            f"the repo path is too long for the control socket ({MAX_SOCKET_PATH} bytes at most): {path}"
+        )
+    return path
+
+
+def token_path(repo_path: Path) -> Path:
+    return repo_path / TOKEN_NAME
+
+
+def new_token(repo_path: Path) -> str:
+    """Make and store (0600) a fresh API token; the previous daemon's token stops working."""
+    token = secrets.token_urlsafe(32)
+    write_atomic(token_path(repo_path), token.encode("ascii"), mode=0o600)
+    return token
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class _Refused(Exception):
+    """A request answered with an error before it reached a route."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def serve(
+    path: Path,
+    token: str,
+    routes: Routes,
+    *,
+    read_timeout: float = READ_TIMEOUT,
+    max_body: int = MAX_BODY,
+    task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve ``routes`` on the Unix socket ``path`` until cancelled; then remove the socket."""
+    server = _Server(token, routes, read_timeout, max_body)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        _remove(path)  # a crashed daemon's socket: the caller holds the daemon lock
+        await sock.bind(os.fspath(path))
+        os.chmod(path, 0o600)
+        sock.listen(MAX_CONNECTIONS)
+    except OSError as exc:
+        sock.close()
+        raise DaemonError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+    listener = trio.SocketListener(sock)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(trio.serve_listeners, server.handle, [listener], handler_nursery=nursery)
+            )
+            task_status.started()
+            await trio.sleep_forever()
+    finally:
+        _remove(path)
+        with trio.CancelScope(shield=True):
+            await listener.aclose()
+    raise AssertionError("unreachable")
+
+
+class _Server:
+    def __init__(self, token: str, routes: Routes, read_timeout: float, max_body: int) -> None:
+        self.expected = f"Bearer {token}".encode("ascii")
+        self.routes = routes
+        self.read_timeout = read_timeout
+        self.max_body = max_body
+        self.open = trio.CapacityLimiter(MAX_CONNECTIONS)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            if self.open.available_tokens == 0:
+                return  # too many connections at once: close this one at once
+            async with self.open:
+                await self._handle(stream)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        try:
+            with trio.fail_after(self.read_timeout):
+                request = await self._read_head(conn, stream)
+                self._check(request)
+                body = await self._read_body(conn, stream)
+        except trio.TooSlowError:
+            status, payload = 408, {"error": "request timed out"}
+        except _Refused as exc:
+            status, payload = exc.status, {"error": str(exc)}
+        except h11.RemoteProtocolError as exc:
+            status, payload = exc.error_status_hint, {"error": "malformed HTTP request"}
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            return  # the client went away
+        else:
+            status, payload = await self._dispatch(request, body)
+        await self._respond(conn, stream, status, payload)
+
+    async def _receive(self, conn: h11.Connection, stream: trio.SocketStream) -> Any:
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
+
+    async def _read_head(self, conn: h11.Connection, stream: trio.SocketStream) -> h11.Request:
+        event = await self._receive(conn, stream)
+        if not isinstance(event, h11.Request):
+            raise trio.BrokenResourceError  # the client closed before sending a request
+        return event
+
+    def _check(self, request: h11.Request) -> None:
+        headers = dict(request.headers)
+        if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+            raise _Refused(401, "missing or wrong API token (see api.token in the repo)")
+        length = headers.get(b"content-length")
+        if length is not None and int(length) > self.max_body:  # h11 checked it is a number
+            raise _Refused(413, f"request body larger than {self.max_body} bytes")
+
+    async def _read_body(self, conn: h11.Connection, stream: trio.SocketStream) -> bytes:
+        body = bytearray()
+        while True:
+            event = await self._receive(conn, stream)
+            if isinstance(event, h11.EndOfMessage):
+                return bytes(body)
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self.max_body:
+                    raise _Refused(413, f"request body larger than {self.max_body} bytes")
+            elif isinstance(event, h11.ConnectionClosed):
+                raise trio.BrokenResourceError
+
+    async def _dispatch(self, request: h11.Request, body: bytes) -> tuple[int, Any]:
+        method = request.method.decode("ascii", "replace")
+        path = request.target.decode("ascii", "replace").partition("?")[0]
+        handler = self.routes.get((method, path))
+        if handler is None:
+            if any(p == path for _, p in self.routes):
+                return 405, {"error": f"{method} is not allowed on {path}"}
+            return 404, {"error": f"no such endpoint: {path[:100]}"}
+        try:
+            args = json.loads(body) if body.strip() else {}
+        except (ValueError, UnicodeDecodeError):
+            return 400, {"error": "the request body is not JSON"}
+        if not isinstance(args, dict):
+            return 400, {"error": "the request body must be a JSON object"}
+        try:
+            return 200, await handler(args)
+        except (NodeError, ProtocolError) as exc:
+            return _status_of(exc), {"error": str(exc)}
+        except Exception:  # one broken request must not stop the node; logged in full
+            log.exception("control API: %s %s failed", method, path)
+            return 500, {"error": "internal error: see the daemon's log"}
+
+    async def _respond(
+        self, conn: h11.Connection, stream: trio.SocketStream, status: int, payload: Any
+    ) -> None:
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        headers = [
+            ("content-type", "application/json"),
+            ("content-length", str(len(data))),
+            ("connection", "close"),
+        ]
+        if status == 401:
+            headers.append(("www-authenticate", "Bearer"))
+        with trio.move_on_after(WRITE_TIMEOUT):
+            try:
+                await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
+                await stream.send_all(conn.send(h11.Data(data=data)))
+                await stream.send_all(conn.send(h11.EndOfMessage()))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                pass
+
+
+def _status_of(exc: Exception) -> int:
+    if isinstance(exc, ApiError):
+        return exc.status
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, RepoFullError):
+        return 507
+    if isinstance(exc, NetworkError):
+        return 502
+    return 400

@@ -1,0 +1,75 @@
+"""A small synchronous client of the control API (``node/api.py``), for the CLI.
+
+``ApiClient.call`` raises :class:`NoDaemon` when nothing answers on the repo's socket (no daemon runs,
+or a crashed one left its socket behind), and :class:`node.errors.ApiError` when the daemon refuses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from node.api import socket_path, token_path
+from node.errors import ApiError, DaemonError
+
+CONNECT_TIMEOUT = 5.0
+DEFAULT_TIMEOUT = 60.0
+
+
+class NoDaemon(DaemonError):
+    """No daemon answers on this repo."""
+
+
+class ApiClient:
+    def __init__(self, repo_path: Path) -> None:
+        self.repo_path = repo_path
+        try:
+            self.socket: Path | None = socket_path(repo_path)
+        except DaemonError:
+            self.socket = None  # too long for a Unix socket: no daemon can run on this repo
+
+    def _token(self) -> str:
+        try:
+            return token_path(self.repo_path).read_text("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            raise NoDaemon(f"no daemon runs on {self.repo_path} (start one with 'sealbox daemon')") from None
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        token: str | None = None,
+    ) -> Any:
+        """Send one request; return the decoded JSON answer. ``timeout=None`` waits as long as it takes."""
+        if self.socket is None or not os.path.exists(self.socket):
+            raise NoDaemon(f"no daemon runs on {self.repo_path} (start one with 'sealbox daemon')")
+        headers = {"authorization": f"Bearer {self._token() if token is None else token}"}
+        transport = httpx.HTTPTransport(uds=os.fspath(self.socket))
+        limits = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
+        try:
+            with httpx.Client(transport=transport, base_url="http://sealbox", timeout=limits) as client:
+                response = client.request(method, path, json=body, headers=headers)
+        except httpx.ConnectError:
+            raise NoDaemon(f"no daemon runs on {self.repo_path} (start one with 'sealbox daemon')") from None
+        except httpx.TimeoutException:
+            raise ApiError("the daemon did not answer in time", 504) from None
+        except httpx.TransportError as exc:
+            raise ApiError(f"lost the connection to the daemon: {exc}", 502) from None
+        try:
+            data = response.json()
+        except ValueError:
+            raise ApiError(
+                f"the daemon sent an answer that is not JSON ({response.status_code})", 502
+            ) from None
+        if response.status_code != 200:
+            message = data.get("error") if isinstance(data, dict) else None
+            raise ApiError(
+                str(message or f"the daemon refused ({response.status_code})"), response.status_code
+            )
+        return data
