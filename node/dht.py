@@ -254,6 +254,7 @@ async def serve_reprovider(
         raise ValueError("the reprovide interval must be positive and shorter than a record's lifetime")
     task_status.started()
     while True:
+        count = 0
         for root in list(roots()):
             try:
                 sent = await dht.provide(root)
@@ -264,6 +265,8 @@ async def serve_reprovider(
                 log.info("reprovide: no DHT peer took the record for a root; retrying next round")
             if announced is not None:
                 announced(root, sent)
+            count += 1
+        log.info("reprovide: announced %d root(s); next round in %.0f s", count, interval)
         await trio.sleep(interval)
 
 

@@ -221,6 +221,12 @@ def test_daemon_serves_the_cli_stops_on_sigterm_and_keeps_its_identity(
     again = restarted.wait_ready()
     assert again["peer_id"] == peer_id and again["roots"] == 1
     assert [p["root"] for p in json.loads(_ok(run_cli("--repo", repo, "ls", "--json")))] == [added["root"]]
+    # it announces what it held again and serves it: another repo gets the file with only its address
+    restarted.wait_for(r"reprovide: announced 1 root", timeout=15)
+    other = tmp_path / "other"
+    copy = tmp_path / "from-restarted.bin"
+    _ok(run_cli("--repo", other, "get", added["link"], "--bootstrap", again["addrs"][0], "-o", copy))
+    assert copy.read_bytes() == sample.read_bytes()
     removed = json.loads(_ok(run_cli("--repo", repo, "rm", added["link"], "--json")))
     assert removed == {"unpinned": [added["root"]]}
     assert _ok(run_cli("--repo", repo, "ls")) == ""
