@@ -63,6 +63,7 @@ async def fetch(repo_path: Path, peers: list[str], cids: list[bytes]) -> dict[st
     repo = Repo.open(repo_path)
     async with open_host(new_identity()) as host:
         start = time.perf_counter()
+        cpu_start = _cpu_seconds()
         peer_ids = [await connect(host, addr) for addr in peers]
         stats = await fetch_blocks(host, repo.blocks, peer_ids, cids)
         seconds = time.perf_counter() - start
@@ -72,7 +73,13 @@ async def fetch(repo_path: Path, peers: list[str], cids: list[bytes]) -> dict[st
         "bytes_received": stats.bytes,
         "per_peer": sorted(stats.received_from.values(), reverse=True),
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "cpu_per_wall": (_cpu_seconds() - cpu_start) / seconds,
     }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def raw_stream_mb_s(size: int, work: Path) -> float:
@@ -181,13 +188,15 @@ def main() -> None:
                 "bytes_received_per_file_byte": round(received / args.size, 4),
                 "blocks_per_provider": stats["per_peer"],
                 "fetcher_peak_rss_mb": round(int(str(stats["peak_rss"])) / MB, 1),
+                "fetcher_cpu_per_wall": round(float(str(stats["cpu_per_wall"])), 2),
             }
             rows.append(row)
             print(
                 f"{providers} -> 1: {speed:.0f} MB/s ({speed / raw:.2f} x raw stream),"
                 f" received {row['bytes_received_per_file_byte']} x file size,"
                 f" blocks per provider {row['blocks_per_provider']},"
-                f" fetcher RSS {row['fetcher_peak_rss_mb']:.0f} MB"
+                f" fetcher RSS {row['fetcher_peak_rss_mb']:.0f} MB,"
+                f" fetcher CPU {row['fetcher_cpu_per_wall']} core(s)"
             )
         if args.json:
             args.json.write_text(
