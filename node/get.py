@@ -19,10 +19,10 @@ from pathlib import Path
 from node.errors import DestinationError, NotFoundError
 from node.fsutil import WRITEBACK_STEP, fsync_dir, full_error, is_full, start_writeback, temp_name
 from node.repo import Repo
-from protocol.cid import cid_to_text, verify_block
-from protocol.errors import DecryptError, LinkError, ManifestError
+from protocol.cid import cid_to_text
+from protocol.errors import LinkError, ManifestError
 from protocol.link import ShareLink
-from protocol.manifest import EntryDecoder, Node, decode_node
+from protocol.manifest import EntryDecoder, Node, open_node
 from protocol.seal import NodeKeys
 from protocol.stream import iter_leaves, open_chunk
 
@@ -56,16 +56,7 @@ class _Getter:
         self.files = 0
 
     def open_node(self, number: int, cid: bytes, *, root: bool) -> tuple[Node, NodeKeys]:
-        block = self.fetch(cid)
-        verify_block(cid, block)
-        keys = NodeKeys(self.key, number)
-        try:
-            plain = keys.node.open(0, block, "manifest")
-        except DecryptError:
-            if root:
-                raise DecryptError("the link's key does not open its root: the link is wrong") from None
-            raise
-        return decode_node(plain, root=root), keys
+        return open_node(self.key, number, cid, self.fetch(cid), root=root)
 
     def _chunks(self, node: Node, keys: NodeKeys, use: Callable[[int, bytes], None]) -> None:
         """Open every data chunk of ``node`` in the worker threads and hand each, padding removed and

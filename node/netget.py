@@ -24,10 +24,9 @@ from node.errors import NetworkError, NotFoundError
 from node.exchange import FetchError, FetchStats, fetch_blocks
 from node.host import Peer, connect, new_identity, open_host
 from node.repo import Pin, Repo, now
-from protocol.cid import cid_to_text, verify_block
-from protocol.errors import DecryptError
+from protocol.cid import cid_to_text
 from protocol.link import ShareLink
-from protocol.manifest import EntryDecoder, Node, decode_node
+from protocol.manifest import EntryDecoder, Node, open_node
 from protocol.seal import NodeKeys
 from protocol.stream import iter_leaves, open_chunk
 
@@ -74,21 +73,12 @@ def _walk(repo: Repo, link: ShareLink, summary: _Summary) -> Iterator[tuple[byte
         except NotFoundError:
             raise _Missing(cid) from None
 
-    def open_node(number: int, cid: bytes, root: bool) -> tuple[Node, NodeKeys]:
-        block = fetch(cid)
-        verify_block(cid, block)
-        keys = NodeKeys(link.key, number)
-        try:
-            plain = keys.node.open(0, block, "manifest")
-        except DecryptError:
-            if root:
-                raise DecryptError("the link's key does not open its root: the link is wrong") from None
-            raise
-        return decode_node(plain, root=root), keys
+    def open_node_at(number: int, cid: bytes, root: bool) -> tuple[Node, NodeKeys]:
+        return open_node(link.key, number, cid, fetch(cid), root=root)
 
     def visit(number: int, cid: bytes, root: bool, depth: int) -> Iterator[tuple[bytes, bool]]:
         try:
-            node, keys = open_node(number, cid, root)
+            node, keys = open_node_at(number, cid, root)
         except _Missing:
             yield cid, False
             return

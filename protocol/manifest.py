@@ -11,10 +11,11 @@ from typing import Any, Literal
 
 import msgpack
 
-from protocol.cid import CID_LEN, check_cid
-from protocol.errors import CidError, ManifestError
+from protocol.cid import CID_LEN, check_cid, verify_block
+from protocol.errors import CidError, DecryptError, ManifestError
 from protocol.names import check_name
 from protocol.padding import padded_size
+from protocol.seal import NodeKeys
 
 FORMAT_VERSION = 1
 MIN_CHUNK = 16 * 1024
@@ -224,3 +225,19 @@ class EntryDecoder:
         self._last = key
         self.count += 1
         return Entry(name, number, cid)
+
+
+def open_node(master: bytes, number: int, cid: bytes, block: bytes, *, root: bool) -> tuple[Node, NodeKeys]:
+    """Verify a node block against its CID, open it under ``K_node(number)`` and decode it.
+
+    At the root, a block that hashes right but does not open means the link's key is wrong.
+    """
+    verify_block(cid, block)
+    keys = NodeKeys(master, number)
+    try:
+        plain = keys.node.open(0, block, "manifest")
+    except DecryptError:
+        if root:
+            raise DecryptError("the link's key does not open its root: the link is wrong") from None
+        raise
+    return decode_node(plain, root=root), keys

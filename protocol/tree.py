@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from protocol.cid import cid_of, verify_block
+from protocol.cid import cid_of
 from protocol.errors import ManifestError
-from protocol.manifest import Entry, EntryDecoder, Node, decode_node, encode_entry, encode_node
+from protocol.manifest import Entry, EntryDecoder, Node, encode_entry, encode_node, open_node
 from protocol.names import check_name
 from protocol.seal import NodeKeys
 from protocol.stream import Chunker, IndexBuilder, iter_leaves, open_chunk, seal_chunk
@@ -85,11 +85,8 @@ def open_tree(master: bytes, root: bytes, fetch: Callable[[bytes], bytes]) -> tu
     """Open a sealed tree; every check of the format applies. Returns the root's name and content."""
     numbers = {0}
 
-    def open_node(number: int, cid: bytes, is_root: bool) -> tuple[Node, NodeKeys]:
-        block = fetch(cid)
-        verify_block(cid, block)
-        keys = NodeKeys(master, number)
-        return decode_node(keys.node.open(0, block, "manifest"), root=is_root), keys
+    def open_node_at(number: int, cid: bytes, is_root: bool) -> tuple[Node, NodeKeys]:
+        return open_node(master, number, cid, fetch(cid), root=is_root)
 
     def content(node: Node, keys: NodeKeys) -> bytes:
         plain = b"".join(
@@ -110,11 +107,11 @@ def open_tree(master: bytes, root: bytes, fetch: Callable[[bytes], bytes]) -> tu
             if entry.number in numbers:
                 raise ManifestError("manifest reuses a node number")
             numbers.add(entry.number)
-            child, child_keys = open_node(entry.number, entry.cid, False)
+            child, child_keys = open_node_at(entry.number, entry.cid, False)
             entries[entry.name] = build(child, child_keys, depth + 1)
         decoder.finish()
         return Dir(entries)
 
-    node, keys = open_node(0, root, True)
+    node, keys = open_node_at(0, root, True)
     assert node.name is not None
     return node.name, build(node, keys, 0)

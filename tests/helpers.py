@@ -126,3 +126,20 @@ def seal_dir(
     keys = NodeKeys(master, number)
     level, top = seal_stream(repo, keys, listing, cs)
     return put_node(repo, keys, Node("dir", len(listing), cs, level, top, False, name))
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    """A command that succeeded, without a traceback; returns its stdout."""
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def one_error(result: subprocess.CompletedProcess[str]) -> str:
+    """Check the shape of every failure: exit 1, one line on stderr, no traceback. Returns that line."""
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("sealbox: error: ")
+    return lines[0]

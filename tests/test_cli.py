@@ -14,7 +14,7 @@ from node.repo import Repo
 from protocol.cid import cid_of, cid_to_text
 from protocol.link import ShareLink, format_link, parse_link
 from protocol.seal import new_key
-from tests.helpers import SEALBOX, RunCli, block_region, read_region, snapshot, write_region
+from tests.helpers import SEALBOX, RunCli, block_region, ok, one_error, read_region, snapshot, write_region
 
 
 def _run_in_private_mount(script: str, env: dict[str, str], *, timeout: int) -> None:
@@ -33,22 +33,6 @@ def _run_in_private_mount(script: str, env: dict[str, str], *, timeout: int) -> 
     assert proc.returncode == 0, proc.stderr
 
 
-def _ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stdout
-
-
-def _one_error(result: subprocess.CompletedProcess[str]) -> str:
-    """Check the shape of every failure: exit 1, one line on stderr, no traceback. Returns that line."""
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("sealbox: error: ")
-    return lines[0]
-
-
 @pytest.fixture
 def repo_dir(tmp_path: Path) -> Path:
     return tmp_path / "repo"
@@ -65,7 +49,7 @@ def test_add_prints_one_link_and_get_rebuilds_the_file(
     run_cli: RunCli, repo_dir: Path, sample: Path, tmp_path: Path
 ) -> None:
     added = run_cli("--repo", repo_dir, "add", sample)
-    stdout = _ok(added)
+    stdout = ok(added)
     assert added.stderr == ""
     lines = stdout.splitlines()
     assert len(lines) == 1
@@ -74,11 +58,11 @@ def test_add_prints_one_link_and_get_rebuilds_the_file(
     assert parse_link(link).name is None  # names and sizes are opt-in
     out = tmp_path / "copy.bin"
     got = run_cli("--repo", repo_dir, "get", link, "-o", out)
-    assert _ok(got).strip() == str(out)
+    assert ok(got).strip() == str(out)
     assert out.read_bytes() == sample.read_bytes()
     # again, into a directory: DEST/NAME
     (tmp_path / "into").mkdir()
-    _ok(run_cli("--repo", repo_dir, "get", link, "-o", tmp_path / "into"))
+    ok(run_cli("--repo", repo_dir, "get", link, "-o", tmp_path / "into"))
     assert (tmp_path / "into" / "sample.bin").read_bytes() == sample.read_bytes()
 
 
@@ -90,30 +74,30 @@ def test_directory_round_trip(run_cli: RunCli, repo_dir: Path, tmp_path: Path) -
     (tree / "sub" / "run").write_text("#!/bin/sh\n")
     (tree / "sub" / "run").chmod(0o755)
     (tree / "empty.txt").write_bytes(b"")
-    link = _ok(run_cli("--repo", repo_dir, "add", tree, "--chunk-size", "16KiB")).strip()
-    _ok(run_cli("--repo", repo_dir, "get", link, "-o", tmp_path / "copy"))
+    link = ok(run_cli("--repo", repo_dir, "add", tree, "--chunk-size", "16KiB")).strip()
+    ok(run_cli("--repo", repo_dir, "get", link, "-o", tmp_path / "copy"))
     assert snapshot(tmp_path / "copy") == snapshot(tree)
 
 
 def test_ls_shows_root_and_display_name(run_cli: RunCli, repo_dir: Path, sample: Path) -> None:
-    assert _ok(run_cli("--repo", repo_dir, "ls")) == ""  # an empty repo lists nothing
-    link = parse_link(_ok(run_cli("--repo", repo_dir, "add", sample, "--name", "Quarterly report")).strip())
+    assert ok(run_cli("--repo", repo_dir, "ls")) == ""  # an empty repo lists nothing
+    link = parse_link(ok(run_cli("--repo", repo_dir, "add", sample, "--name", "Quarterly report")).strip())
     assert link.name == "Quarterly report"
-    lines = _ok(run_cli("--repo", repo_dir, "ls")).splitlines()
+    lines = ok(run_cli("--repo", repo_dir, "ls")).splitlines()
     assert len(lines) == 2 and lines[0].startswith("ROOT")
     assert cid_to_text(link.root) in lines[1]
     assert "Quarterly report" in lines[1]
 
 
 def test_json_output(run_cli: RunCli, repo_dir: Path, sample: Path, tmp_path: Path) -> None:
-    added = json.loads(_ok(run_cli("--repo", repo_dir, "add", "--json", sample, "--with-size")))
+    added = json.loads(ok(run_cli("--repo", repo_dir, "add", "--json", sample, "--with-size")))
     keys = {"root", "name", "kind", "size", "blocks", "stored_bytes", "added", "link", "new_blocks"}
     assert keys <= set(added)
     assert added["already_added"] is False
     assert added["kind"] == "file" and added["size"] == 300_000
     link = parse_link(added["link"])
     assert cid_to_text(link.root) == added["root"] and link.size == 300_000
-    again = json.loads(_ok(run_cli("--json", "--repo", repo_dir, "add", sample, "--with-size")))
+    again = json.loads(ok(run_cli("--json", "--repo", repo_dir, "add", sample, "--with-size")))
     assert again["already_added"] is True and again["new_blocks"] == 0 and again["link"] == added["link"]
 
     # --json before and after the subcommand
@@ -122,81 +106,79 @@ def test_json_output(run_cli: RunCli, repo_dir: Path, sample: Path, tmp_path: Pa
         ["--repo", repo_dir, "ls", "--json"],
     ]
     for args in both:
-        pins = json.loads(_ok(run_cli(*args)))
+        pins = json.loads(ok(run_cli(*args)))
         assert [p["root"] for p in pins] == [added["root"]]
         assert {"root", "name", "kind", "size", "blocks", "stored_bytes", "added"} <= set(pins[0])
 
     out = tmp_path / "out.bin"
-    got = json.loads(_ok(run_cli("--repo", repo_dir, "get", added["link"], "-o", out, "--json")))
+    got = json.loads(ok(run_cli("--repo", repo_dir, "get", added["link"], "-o", out, "--json")))
     assert got == {"root": added["root"], "path": str(out), "kind": "file", "size": 300_000, "files": 1}
 
-    removed = json.loads(_ok(run_cli("--json", "--repo", repo_dir, "rm", added["link"])))
+    removed = json.loads(ok(run_cli("--json", "--repo", repo_dir, "rm", added["link"])))
     assert removed == {"unpinned": [added["root"]]}
-    collected = json.loads(_ok(run_cli("--repo", repo_dir, "gc", "--json")))
+    collected = json.loads(ok(run_cli("--repo", repo_dir, "gc", "--json")))
     assert collected == {"blocks_removed": added["blocks"], "bytes_freed": added["stored_bytes"]}
-    assert json.loads(_ok(run_cli("--repo", repo_dir, "--json", "ls"))) == []
+    assert json.loads(ok(run_cli("--repo", repo_dir, "--json", "ls"))) == []
 
     failed = run_cli("--repo", repo_dir, "--json", "get", added["link"], "-o", tmp_path / "gone")
-    _one_error(failed)
+    one_error(failed)
     assert "error" in json.loads(failed.stdout)
 
 
 def test_rm_and_gc_text(run_cli: RunCli, repo_dir: Path, sample: Path) -> None:
-    link = parse_link(_ok(run_cli("--repo", repo_dir, "add", sample)).strip())
+    link = parse_link(ok(run_cli("--repo", repo_dir, "add", sample)).strip())
     root = cid_to_text(link.root)
-    assert _ok(run_cli("--repo", repo_dir, "rm", root)).strip() == f"unpinned {root}"
-    assert _ok(run_cli("--repo", repo_dir, "gc")).startswith("removed ")
+    assert ok(run_cli("--repo", repo_dir, "rm", root)).strip() == f"unpinned {root}"
+    assert ok(run_cli("--repo", repo_dir, "gc")).startswith("removed ")
     assert list((repo_dir / "blocks" / "packs").iterdir()) == []
-    assert json.loads(_ok(run_cli("--repo", repo_dir, "ls", "--json"))) == []
+    assert json.loads(ok(run_cli("--repo", repo_dir, "ls", "--json"))) == []
 
 
 def test_sealbox_repo_environment_variable(run_cli: RunCli, tmp_path: Path, sample: Path) -> None:
     env_repo = tmp_path / "env-repo"
-    link = _ok(run_cli("add", sample, env={"SEALBOX_REPO": str(env_repo)})).strip()
+    link = ok(run_cli("add", sample, env={"SEALBOX_REPO": str(env_repo)})).strip()
     assert (env_repo / "version").is_file()
     assert not (tmp_path / "home" / ".sealbox").exists()
-    pins = json.loads(_ok(run_cli("ls", "--json", env={"SEALBOX_REPO": str(env_repo)})))
+    pins = json.loads(ok(run_cli("ls", "--json", env={"SEALBOX_REPO": str(env_repo)})))
     assert [p["root"] for p in pins] == [cid_to_text(parse_link(link).root)]
     # --repo wins over the environment
     other = tmp_path / "other-repo"
-    assert (
-        json.loads(_ok(run_cli("--repo", other, "ls", "--json", env={"SEALBOX_REPO": str(env_repo)}))) == []
-    )
+    assert json.loads(ok(run_cli("--repo", other, "ls", "--json", env={"SEALBOX_REPO": str(env_repo)}))) == []
 
 
 def test_errors_are_one_clear_line(run_cli: RunCli, repo_dir: Path, sample: Path, tmp_path: Path) -> None:
-    link_text = _ok(run_cli("--repo", repo_dir, "add", sample)).strip()
+    link_text = ok(run_cli("--repo", repo_dir, "add", sample)).strip()
     link = parse_link(link_text)
 
-    missing = _one_error(run_cli("--repo", repo_dir, "add", tmp_path / "no-such-file"))
+    missing = one_error(run_cli("--repo", repo_dir, "add", tmp_path / "no-such-file"))
     assert "no-such-file" in missing
 
-    _one_error(run_cli("--repo", repo_dir, "get", "sealbox:?v=1&xt=garbage", "-o", tmp_path / "x"))
+    one_error(run_cli("--repo", repo_dir, "get", "sealbox:?v=1&xt=garbage", "-o", tmp_path / "x"))
     damaged = link_text[:-1] + ("1" if link_text.endswith("0") else "0")
-    assert "damaged" in _one_error(run_cli("--repo", repo_dir, "get", damaged, "-o", tmp_path / "x"))
-    _one_error(run_cli("--repo", repo_dir, "get", cid_to_text(link.root), "-o", tmp_path / "x"))
+    assert "damaged" in one_error(run_cli("--repo", repo_dir, "get", damaged, "-o", tmp_path / "x"))
+    one_error(run_cli("--repo", repo_dir, "get", cid_to_text(link.root), "-o", tmp_path / "x"))
 
     # a well-formed link (valid checksum) whose key is wrong: the key must not leak into the message
     wrong = format_link(ShareLink(link.root, new_key()))
     parse_link(wrong)
     result = run_cli("--repo", repo_dir, "get", wrong, "-o", tmp_path / "x")
-    line = _one_error(result)
+    line = one_error(result)
     assert "key" in line
     assert wrong not in result.stderr and wrong.split("#")[1] not in result.stderr
     assert wrong.split("k=")[1][:43] not in result.stderr
     assert link_text.split("k=")[1][:43] not in result.stderr
 
     absent = format_link(ShareLink(cid_of(b"not in this repo"), new_key()))
-    assert "not in this repo" in _one_error(run_cli("--repo", repo_dir, "get", absent, "-o", tmp_path / "x"))
+    assert "not in this repo" in one_error(run_cli("--repo", repo_dir, "get", absent, "-o", tmp_path / "x"))
 
-    assert "not pinned" in _one_error(run_cli("--repo", repo_dir, "rm", cid_to_text(cid_of(b"unknown"))))
-    _one_error(run_cli("--repo", repo_dir, "rm", "not-a-root"))
-    _one_error(run_cli("--repo", tmp_path / "no-repo", "gc"))
+    assert "not pinned" in one_error(run_cli("--repo", repo_dir, "rm", cid_to_text(cid_of(b"unknown"))))
+    one_error(run_cli("--repo", repo_dir, "rm", "not-a-root"))
+    one_error(run_cli("--repo", tmp_path / "no-repo", "gc"))
     assert not (tmp_path / "no-repo").exists()
 
     existing = tmp_path / "existing"
     existing.write_text("keep me")
-    assert "already exists" in _one_error(run_cli("--repo", repo_dir, "get", link_text, "-o", existing))
+    assert "already exists" in one_error(run_cli("--repo", repo_dir, "get", link_text, "-o", existing))
     assert existing.read_text() == "keep me"
 
     # a block damaged on disk
@@ -207,7 +189,7 @@ def test_errors_are_one_clear_line(run_cli: RunCli, repo_dir: Path, sample: Path
         repo.close()
     byte = read_region(path, offset + 100, 1)
     write_region(path, offset + 100, bytes([byte[0] ^ 0x01]))
-    assert "corrupted" in _one_error(run_cli("--repo", repo_dir, "get", link_text, "-o", tmp_path / "x"))
+    assert "corrupted" in one_error(run_cli("--repo", repo_dir, "get", link_text, "-o", tmp_path / "x"))
     assert not (tmp_path / "x").exists()
     assert sorted(os.listdir(tmp_path)) == sorted(["existing", "home", "repo", "sample.bin"])
 

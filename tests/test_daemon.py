@@ -31,7 +31,7 @@ from node.errors import ApiError, ConfigError, RepoError
 from node.host import peer_id_of
 from node.identity import load_or_create_identity
 from protocol.link import parse_link
-from tests.helpers import SEALBOX, RunCli
+from tests.helpers import SEALBOX, RunCli, ok, one_error
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
@@ -120,21 +120,6 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
             daemon.proc.wait()
 
 
-def _ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stdout
-
-
-def _one_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("sealbox: error: ")
-    return lines[0]
-
-
 ADDR_RE = re.compile(r"/ip4/127\.0\.0\.1/tcp/(\d+)/p2p/(\w+)")
 
 
@@ -150,17 +135,17 @@ def test_daemon_serves_the_cli_stops_on_sigterm_and_keeps_its_identity(
     daemon = daemons(repo)
     daemon.wait_ready()
 
-    status = json.loads(_ok(run_cli("--repo", repo, "status", "--json")))
+    status = json.loads(ok(run_cli("--repo", repo, "status", "--json")))
     peer_id = status["peer_id"]
     match = ADDR_RE.fullmatch(status["addrs"][0])
     assert match is not None, status
     assert int(match[1]) > 0 and match[2] == peer_id
     assert status["peers"] == 0 and status["roots"] == 0 and status["seed"] is True
-    text = _ok(run_cli("--repo", repo, "status"))
+    text = ok(run_cli("--repo", repo, "status"))
     assert peer_id in text and status["addrs"][0] in text
 
     # add through the daemon (its log says so), then ls shows the root
-    added = json.loads(_ok(run_cli("--repo", repo, "add", sample, "--name", "Secret name", "--json")))
+    added = json.loads(ok(run_cli("--repo", repo, "add", sample, "--name", "Secret name", "--json")))
     assert set(added) == {
         "root",
         "name",
@@ -176,12 +161,12 @@ def test_daemon_serves_the_cli_stops_on_sigterm_and_keeps_its_identity(
     link = parse_link(added["link"])
     assert link.peers == ()
     assert f"added root {added['root']}" in daemon.output()
-    listed = json.loads(_ok(run_cli("--repo", repo, "ls", "--json")))
+    listed = json.loads(ok(run_cli("--repo", repo, "ls", "--json")))
     assert [p["root"] for p in listed] == [added["root"]]
-    assert added["root"] in _ok(run_cli("--repo", repo, "ls"))
+    assert added["root"] in ok(run_cli("--repo", repo, "ls"))
 
     # peer hints: this node's real addresses in the link
-    hinted = parse_link(_ok(run_cli("--repo", repo, "add", sample, "--peer-hints")).strip())
+    hinted = parse_link(ok(run_cli("--repo", repo, "add", sample, "--peer-hints")).strip())
     assert hinted.root == link.root and hinted.peers == tuple(status["addrs"])
 
     # the API wants the token
@@ -214,22 +199,22 @@ def test_daemon_serves_the_cli_stops_on_sigterm_and_keeps_its_identity(
     assert peer_id_of(identity.read_bytes()) == peer_id
 
     # without a daemon the same commands work on the repo directly
-    assert "no daemon runs" in _one_error(run_cli("--repo", repo, "status"))
-    assert [p["root"] for p in json.loads(_ok(run_cli("--repo", repo, "ls", "--json")))] == [added["root"]]
+    assert "no daemon runs" in one_error(run_cli("--repo", repo, "status"))
+    assert [p["root"] for p in json.loads(ok(run_cli("--repo", repo, "ls", "--json")))] == [added["root"]]
 
     restarted = daemons(repo)
     again = restarted.wait_ready()
     assert again["peer_id"] == peer_id and again["roots"] == 1
-    assert [p["root"] for p in json.loads(_ok(run_cli("--repo", repo, "ls", "--json")))] == [added["root"]]
+    assert [p["root"] for p in json.loads(ok(run_cli("--repo", repo, "ls", "--json")))] == [added["root"]]
     # it announces what it held again and serves it: another repo gets the file with only its address
     restarted.wait_for(r"reprovide: announced 1 root", timeout=15)
     other = tmp_path / "other"
     copy = tmp_path / "from-restarted.bin"
-    _ok(run_cli("--repo", other, "get", added["link"], "--bootstrap", again["addrs"][0], "-o", copy))
+    ok(run_cli("--repo", other, "get", added["link"], "--bootstrap", again["addrs"][0], "-o", copy))
     assert copy.read_bytes() == sample.read_bytes()
-    removed = json.loads(_ok(run_cli("--repo", repo, "rm", added["link"], "--json")))
+    removed = json.loads(ok(run_cli("--repo", repo, "rm", added["link"], "--json")))
     assert removed == {"unpinned": [added["root"]]}
-    assert _ok(run_cli("--repo", repo, "ls")) == ""
+    assert ok(run_cli("--repo", repo, "ls")) == ""
     assert restarted.stop()[0] == 0
 
 
@@ -245,31 +230,31 @@ def test_two_daemons_connect_through_bootstrap_and_one_fetches_from_the_other(
     b_status = b.wait_ready()
 
     b.wait_for(r"bootstrap: reached 1 of 1 peer", timeout=15)
-    peers = json.loads(_ok(run_cli("--repo", second, "peers", "--json")))
+    peers = json.loads(ok(run_cli("--repo", second, "peers", "--json")))
     assert [p["peer_id"] for p in peers] == [a_status["peer_id"]]
     assert a_status["addrs"][0] in peers[0]["addrs"]
-    a_peers = json.loads(_ok(run_cli("--repo", first, "peers", "--json")))
+    a_peers = json.loads(ok(run_cli("--repo", first, "peers", "--json")))
     assert [p["peer_id"] for p in a_peers] == [b_status["peer_id"]]
-    assert b_status["peer_id"] in _ok(run_cli("--repo", first, "peers"))
+    assert b_status["peer_id"] in ok(run_cli("--repo", first, "peers"))
 
     # b's CLI asks b's daemon, which finds a on the DHT and fetches; then b seeds it too
-    link = _ok(run_cli("--repo", first, "add", sample)).strip()
+    link = ok(run_cli("--repo", first, "add", sample)).strip()
     a.wait_for(r"announced root .* to the DHT", timeout=10)  # the add's announcement runs in the background
     out = tmp_path / "copy.bin"
-    assert _ok(run_cli("--repo", second, "get", link, "-o", out)).strip() == str(out)
+    assert ok(run_cli("--repo", second, "get", link, "-o", out)).strip() == str(out)
     assert out.read_bytes() == sample.read_bytes()
-    assert json.loads(_ok(run_cli("--repo", second, "status", "--json")))["roots"] == 1
+    assert json.loads(ok(run_cli("--repo", second, "status", "--json")))["roots"] == 1
     assert link not in b.output() and link.split("#")[0] not in b.output()
 
     # no daemon on c: get asks the peers the link names, with a node of its own for the while
-    hinted = _ok(run_cli("--repo", first, "add", sample, "--name", "hinted", "--peer-hints")).strip()
+    hinted = ok(run_cli("--repo", first, "add", sample, "--name", "hinted", "--peer-hints")).strip()
     third = tmp_path / "c"
-    assert "nowhere to look" in _one_error(run_cli("--repo", third, "get", link, "-o", tmp_path / "x"))
-    _ok(run_cli("--repo", third, "get", hinted, "-o", tmp_path / "c.bin"))
+    assert "nowhere to look" in one_error(run_cli("--repo", third, "get", link, "-o", tmp_path / "x"))
+    ok(run_cli("--repo", third, "get", hinted, "-o", tmp_path / "c.bin"))
     assert (tmp_path / "c.bin").read_bytes() == sample.read_bytes()
     # no daemon, no hint: a bootstrap address on the command line; --no-seed leaves nothing pinned
     fourth = tmp_path / "d"
-    _ok(
+    ok(
         run_cli(
             "--repo",
             fourth,
@@ -283,7 +268,7 @@ def test_two_daemons_connect_through_bootstrap_and_one_fetches_from_the_other(
         )
     )
     assert (tmp_path / "d.bin").read_bytes() == sample.read_bytes()
-    assert json.loads(_ok(run_cli("--repo", fourth, "ls", "--json"))) == []
+    assert json.loads(ok(run_cli("--repo", fourth, "ls", "--json"))) == []
     assert a.stop()[0] == 0 and b.stop()[0] == 0
 
 
@@ -292,22 +277,22 @@ def test_without_a_daemon_status_peers_and_peer_hints_say_so(tmp_path: Path, run
     sample = tmp_path / "f.txt"
     sample.write_text("hello")
     for command in ("status", "peers"):
-        assert "no daemon runs on" in _one_error(run_cli("--repo", repo, command))
-    assert "needs a running daemon" in _one_error(run_cli("--repo", repo, "add", sample, "--peer-hints"))
+        assert "no daemon runs on" in one_error(run_cli("--repo", repo, command))
+    assert "needs a running daemon" in one_error(run_cli("--repo", repo, "add", sample, "--peer-hints"))
     # a dead daemon's socket left behind: the CLI works on the repo directly
-    _ok(run_cli("--repo", repo, "add", sample))
+    ok(run_cli("--repo", repo, "add", sample))
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(repo / "api.sock"))
     dead.close()
-    assert len(json.loads(_ok(run_cli("--repo", repo, "ls", "--json")))) == 1
-    assert "no daemon runs on" in _one_error(run_cli("--repo", repo, "status"))
+    assert len(json.loads(ok(run_cli("--repo", repo, "ls", "--json")))) == 1
+    assert "no daemon runs on" in one_error(run_cli("--repo", repo, "status"))
 
 
 def test_a_bad_config_file_stops_the_daemon_with_one_line(tmp_path: Path, run_cli: RunCli) -> None:
     repo = tmp_path / "repo"
-    _ok(run_cli("--repo", repo, "ls"))
+    ok(run_cli("--repo", repo, "ls"))
     (repo / "config.toml").write_text('listen = ["/ip4/127.0.0.1/tcp/0"]\nseed = "yes"\n')
-    line = _one_error(run_cli("--repo", repo, "daemon"))
+    line = one_error(run_cli("--repo", repo, "daemon"))
     assert "config.toml" in line and "seed must be true or false" in line
     assert not (repo / "api.sock").exists()
 
@@ -433,9 +418,9 @@ async def _with_server(
 
 async def test_the_api_answers_json_and_refuses_what_it_must(tmp_path: Path) -> None:
     async def check(path: Path) -> None:
-        ok = await _exchange(path, _request("POST", "/v1/echo", b'{"a": [1]}'))
-        assert _status(ok) == 200 and ok.endswith(b'{"got": {"a": [1]}}')
-        assert b"connection: close" in ok.lower()
+        answer = await _exchange(path, _request("POST", "/v1/echo", b'{"a": [1]}'))
+        assert _status(answer) == 200 and answer.endswith(b'{"got": {"a": [1]}}')
+        assert b"connection: close" in answer.lower()
         assert _status(await _exchange(path, _request("POST", "/v1/echo", b"{}", token=None))) == 401
         assert _status(await _exchange(path, _request("POST", "/v1/echo", b"{}", token="wrong"))) == 401
         assert _status(await _exchange(path, _request("POST", "/v1/nothing"))) == 404
