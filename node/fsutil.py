@@ -8,7 +8,8 @@ import ctypes.util
 import errno
 import os
 import secrets
-from collections.abc import Iterator
+import select
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from node.errors import RepoFullError
@@ -75,6 +76,8 @@ def _load_libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        libc.inotify_init1.argtypes = [ctypes.c_int]
+        libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
     except (OSError, AttributeError):
         return None
     return libc
@@ -92,3 +95,46 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     """
     if _libc is not None:
         _libc.sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+_IN_MODIFY = 0x002
+_IN_CLOSE_WRITE = 0x008
+_IN_NONBLOCK = 0o4000
+_IN_CLOEXEC = 0o2000000
+
+
+class FileWatch:
+    """Wakes up when any of some files is written to (Linux inotify): wait on a log file's growth as
+    an event instead of re-reading it on a timer. Create it before the first read, so that no write
+    between that read and :meth:`wait` is missed."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        if _libc is None:
+            raise OSError("inotify is not available here")
+        self._fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if self._fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        for path in paths:
+            if _libc.inotify_add_watch(self._fd, os.fsencode(path), _IN_MODIFY | _IN_CLOSE_WRITE) < 0:
+                os.close(self._fd)
+                raise OSError(ctypes.get_errno(), f"cannot watch {path}")
+
+    def wait(self, timeout: float, also: Sequence[int] = ()) -> bool:
+        """Block until a watched file is written to (or one of the file descriptors ``also``, such as
+        a process's pidfd, becomes readable), at most ``timeout`` seconds; False if nothing happened."""
+        readable, _, _ = select.select([self._fd, *also], [], [], max(0.0, timeout))
+        if not readable:
+            return False
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._fd, 65536):
+                pass
+        return True
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __enter__(self) -> FileWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
