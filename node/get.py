@@ -24,7 +24,7 @@ from protocol.errors import LinkError, ManifestError
 from protocol.link import ShareLink
 from protocol.manifest import EntryDecoder, Node, open_node
 from protocol.seal import NodeKeys
-from protocol.stream import iter_leaves, open_chunk
+from protocol.stream import iter_leaves, open_content
 
 Progress = Callable[[int], None]
 Fetch = Callable[[bytes], bytes]
@@ -65,14 +65,10 @@ class _Getter:
         cs = node.chunk_size
 
         def work(position: int, cid: bytes) -> int:
-            plain = open_chunk(keys.data, node, position, cid, self.fetch(cid))
-            offset = position * cs
-            keep = max(0, min(len(plain), node.size - offset))
-            if any(plain[keep:]):
-                raise ManifestError("padding is not zero: the manifest or a block is wrong")
-            if keep:
-                use(offset, plain if keep == len(plain) else plain[:keep])
-            return keep
+            content = open_content(keys.data, node, position, cid, self.fetch(cid))
+            if content:
+                use(position * cs, content)
+            return len(content)
 
         pending: deque[Future[int]] = deque()
         try:
@@ -94,11 +90,7 @@ class _Getter:
         pending: deque[Future[bytes]] = deque()
 
         def opened(position: int, cid: bytes) -> bytes:
-            plain = open_chunk(keys.data, node, position, cid, self.fetch(cid))
-            keep = max(0, min(len(plain), node.size - position * node.chunk_size))
-            if any(plain[keep:]):
-                raise ManifestError("padding is not zero: the manifest or a block is wrong")
-            return plain[:keep]
+            return open_content(keys.data, node, position, cid, self.fetch(cid))
 
         for position, cid in iter_leaves(node, keys, self.fetch):
             pending.append(self.pool.submit(opened, position, cid))

@@ -28,7 +28,7 @@ from protocol.cid import cid_to_text
 from protocol.link import ShareLink
 from protocol.manifest import EntryDecoder, Node, open_node
 from protocol.seal import NodeKeys
-from protocol.stream import iter_leaves, open_chunk
+from protocol.stream import iter_leaves, open_content
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +109,7 @@ def _walk(repo: Repo, link: ShareLink, summary: _Summary) -> Iterator[tuple[byte
             return
         decoder = EntryDecoder()
         for position, leaf in enumerate(leaves):
-            plain = open_chunk(keys.data, node, position, leaf, fetch(leaf))
-            keep = max(0, min(len(plain), node.size - position * node.chunk_size))
-            for entry in decoder.feed(plain[:keep]):
+            for entry in decoder.feed(open_content(keys.data, node, position, leaf, fetch(leaf))):
                 yield from visit(entry.number, entry.cid, False, depth + 1)
         decoder.finish()
 

@@ -77,6 +77,16 @@ def open_chunk(key: StreamKey, node: Node, position: int, cid: bytes, block: byt
     return key.open(position, block, "data block")
 
 
+def open_content(key: StreamKey, node: Node, position: int, cid: bytes, block: bytes) -> bytes:
+    """:func:`open_chunk`, then the chunk's share of the node's content: the stream's padding is cut
+    off and checked to be zeros."""
+    plain = open_chunk(key, node, position, cid, block)
+    keep = max(0, min(len(plain), node.size - position * node.chunk_size))
+    if any(plain[keep:]):
+        raise ManifestError("padding is not zero: the manifest or a block is wrong")
+    return plain if keep == len(plain) else plain[:keep]
+
+
 class IndexBuilder:
     """Takes leaf CIDs in order and builds the index tree above them, streaming, in O(fanout x depth)."""
 

@@ -16,7 +16,7 @@ from protocol.errors import ManifestError
 from protocol.manifest import Entry, EntryDecoder, Node, encode_entry, encode_node, open_node
 from protocol.names import check_name
 from protocol.seal import NodeKeys
-from protocol.stream import Chunker, IndexBuilder, iter_leaves, open_chunk, seal_chunk
+from protocol.stream import Chunker, IndexBuilder, iter_leaves, open_content, seal_chunk
 
 MAX_DEPTH = 255
 
@@ -89,12 +89,9 @@ def open_tree(master: bytes, root: bytes, fetch: Callable[[bytes], bytes]) -> tu
         return open_node(master, number, cid, fetch(cid), root=is_root)
 
     def content(node: Node, keys: NodeKeys) -> bytes:
-        plain = b"".join(
-            open_chunk(keys.data, node, i, c, fetch(c)) for i, c in iter_leaves(node, keys, fetch)
+        return b"".join(
+            open_content(keys.data, node, i, c, fetch(c)) for i, c in iter_leaves(node, keys, fetch)
         )
-        if any(plain[node.size :]):
-            raise ManifestError("padding is not zero: the manifest or a block is wrong")
-        return plain[: node.size]
 
     def build(node: Node, keys: NodeKeys, depth: int) -> Item:
         if node.kind == "file":

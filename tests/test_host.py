@@ -34,12 +34,7 @@ LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
 async def reverse_handler(stream: INetStream) -> None:
     """Read until the writer closes, answer with the bytes reversed."""
-    data = b""
-    while True:
-        try:
-            data += await stream.read(65536)
-        except StreamEOF:
-            break
+    data = await read_all(stream)
     await stream.write(data[::-1])
     await stream.close()
 
