@@ -212,6 +212,7 @@ async def fetch_blocks(
     opening = set(peers)
     send, receive = trio.open_memory_channel[_Event](4 * window * max(1, len(opening)))
     failure: FetchError | None = None
+    closing = trio.Event()  # set once the fetch is over: a stream that opens later is reset at once
     with store.writer() as writer:
         async with trio.open_nursery() as nursery:
 
@@ -221,6 +222,9 @@ async def fetch_blocks(
                 except NetworkError as exc:
                     log.info("block exchange: %s", exc)
                     await send.send((peer, None))
+                    return
+                if closing.is_set():
+                    await _reset(stream)
                     return
                 sessions[peer] = _Session(peer, stream)
                 plan.add_peer(peer)
@@ -234,7 +238,11 @@ async def fetch_blocks(
             except FetchError as exc:
                 failure = exc  # raised below, once the nursery has closed (not in an exception group)
             finally:
-                for session in sessions.values():
+                # Resetting a stream yields to other tasks, and a session may open meanwhile: take
+                # them one by one rather than iterate over a dict that can grow.
+                closing.set()
+                while sessions:
+                    _, session = sessions.popitem()
                     await _reset(session.stream)
                 nursery.cancel_scope.cancel()
         writer.commit()
