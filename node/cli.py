@@ -216,6 +216,7 @@ def cmd_status(args: argparse.Namespace) -> None:
         f" (limit: {human(limit) if limit is not None else 'none'})",
         f"roots      {status['roots']} pinned, {status['roots_announced']} announced"
         f" (last announcement: {last or 'none yet'}); seeding {'on' if status['seed'] else 'off'}",
+        f"served     {status['served_blocks']} blocks, {human(status['served_bytes'])} since start",
     ]
     Output(args).emit(status, "\n".join(lines))
 

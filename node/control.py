@@ -36,6 +36,7 @@ from node.api import Routes
 from node.config import Config
 from node.dht import Dht
 from node.errors import ApiError, NetworkError
+from node.exchange import BlockServer
 from node.host import listen_addrs
 from node.repo import Repo
 from node.views import add_json, iso_time, pin_json
@@ -71,7 +72,9 @@ class Control:
         config: Config,
         state: NodeState,
         nursery: trio.Nursery,
+        server: BlockServer,
     ) -> None:
+        self.server = server
         self.repo = repo
         self.host = host
         self.dht = dht
@@ -105,6 +108,8 @@ class Control:
             "roots_announced": len(self.state.announced & pinned),
             "last_reprovide": iso_time(last) if last is not None else None,
             "seed": self.config.seed,
+            "served_blocks": self.server.served_blocks,
+            "served_bytes": self.server.served_bytes,
         }
 
     async def peers(self, _args: dict[str, Any]) -> dict[str, Any]:

@@ -105,11 +105,12 @@ async def _serve_node(
     task_status: TaskStatus[Running],
 ) -> None:
     async with open_host(identity, config.listen) as host, open_dht(host) as dht:
+        server = BlockServer(repo.blocks)
         if config.seed:
-            BlockServer(repo.blocks).install(host)
+            server.install(host)
         state = NodeState()
         async with trio.open_nursery() as nursery:
-            control = Control(repo, host, dht, config, state, nursery)
+            control = Control(repo, host, dht, config, state, nursery, server)
             await nursery.start(partial(api.serve, sock, token, control.routes()))
             nursery.start_soon(_network, repo, dht, config, state)
             running = Running(host.get_id().to_base58(), tuple(listen_addrs(host)), sock)

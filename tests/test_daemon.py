@@ -244,6 +244,9 @@ def test_two_daemons_connect_through_bootstrap_and_one_fetches_from_the_other(
     assert ok(run_cli("--repo", second, "get", link, "-o", out)).strip() == str(out)
     assert out.read_bytes() == sample.read_bytes()
     assert json.loads(ok(run_cli("--repo", second, "status", "--json")))["roots"] == 1
+    served = json.loads(ok(run_cli("--repo", first, "status", "--json")))
+    assert served["served_blocks"] >= 3 and served["served_bytes"] >= len(sample.read_bytes())
+    assert "served     " in ok(run_cli("--repo", first, "status"))
     assert link not in b.output() and link.split("#")[0] not in b.output()
 
     # no daemon on c: get asks the peers the link names, with a node of its own for the while
