@@ -75,6 +75,7 @@ PROVIDE_TIMEOUT = 60.0
 BOOTSTRAP_LOOKUP_TIMEOUT = 10.0
 FIND_TIMEOUT = 30.0
 FIND_LIMIT = 20
+FIND_GRACE = 2.0  # seconds a lookup goes on for more providers once it knows one
 # a DHT server (py-libp2p 0.8.1) takes at most 10 ADD_PROVIDER per 10 s from one peer and drops the rest
 PROVIDE_SPACING = 1.1
 CID_HEADER = 2  # CIDv1 version byte + raw codec byte, both single-byte varints
@@ -167,9 +168,12 @@ class Dht:
         *,
         limit: int = FIND_LIMIT,
         timeout: float = FIND_TIMEOUT,  # noqa: ASYNC109 - on the deadline we return what was found so far
+        grace: float = FIND_GRACE,
     ) -> list[Peer]:
         """Up to ``limit`` distinct peers (not this one) that announced ``root``, found within ``timeout``.
 
+        Once one provider is known, the lookup goes on for at most ``grace`` seconds more: a DHT peer that
+        does not answer (gone, cut off) must not hold up a fetch that already has somewhere to start.
         Returns what was found when the deadline strikes, possibly ``[]``; never raises for a miss.
         """
         if limit < 1:
@@ -182,7 +186,10 @@ class Dht:
             with trio.move_on_after(timeout):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(scratch.lookup, nursery.cancel_scope)
-                    await scratch.enough.wait()
+                    if not found:
+                        await scratch.first.wait()
+                    with trio.move_on_after(grace):
+                        await scratch.enough.wait()
                     nursery.cancel_scope.cancel()
             found = _distinct([*store.get_providers(key), *scratch.get_providers(key)], self.host)
         return found[:limit]
@@ -191,7 +198,8 @@ class Dht:
 class _Collector(ProviderStore):
     """A scratch provider store for one lookup: it starts empty, so the library asks the network.
 
-    ``enough`` is set once ``want`` distinct providers (other than us) are known, ending the lookup early.
+    ``first`` is set once one provider (other than us) is known, ``enough`` once ``want`` distinct ones are,
+    ending the lookup early.
     """
 
     def __init__(self, host: IHost, kad: KadDHT, key: bytes, known: set[str], want: int) -> None:
@@ -199,7 +207,10 @@ class _Collector(ProviderStore):
         self.key = key
         self.seen = set(known)
         self.want = want
+        self.first = trio.Event()
         self.enough = trio.Event()
+        if self.seen:
+            self.first.set()
 
     async def lookup(self, done: trio.CancelScope) -> None:
         # the library stops at ``count`` answers, duplicates included: ask for more than it will get
@@ -210,6 +221,7 @@ class _Collector(ProviderStore):
         super().add_provider(key, provider)
         if key == self.key and provider.peer_id != self.local_peer_id:
             self.seen.add(provider.peer_id.to_base58())
+            self.first.set()
             if len(self.seen) >= self.want:
                 self.enough.set()
 

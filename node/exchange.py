@@ -170,6 +170,8 @@ class FetchStats:
     received_from: dict[str, int] = field(default_factory=dict)
     dropped: set[str] = field(default_factory=set)
     already_held: int = 0
+    peers: int = 0  # peers asked
+    unreachable: set[str] = field(default_factory=set)  # peers no stream could be opened to
 
 
 @dataclass
@@ -210,6 +212,7 @@ async def fetch_blocks(
         return stats
     sessions: dict[str, _Session] = {}
     opening = set(peers)
+    stats.peers = len(opening)
     send, receive = trio.open_memory_channel[_Event](4 * window * max(1, len(opening)))
     failure: FetchError | None = None
     closing = trio.Event()  # set once the fetch is over: a stream that opens later is reset at once
@@ -221,6 +224,7 @@ async def fetch_blocks(
                     stream = await open_stream(host, peer, PROTOCOL_ID)
                 except NetworkError as exc:
                     log.info("block exchange: %s", exc)
+                    stats.unreachable.add(peer)
                     await send.send((peer, None))
                     return
                 if closing.is_set():
@@ -342,6 +346,10 @@ async def _run_fetch(
         if not opening and not sessions:
             missing = plan.queued()[:1]
             what = f"block {cid_to_text(missing[0])}" if missing else "the blocks"
+            if stats.unreachable and len(stats.unreachable) == stats.peers:
+                raise FetchError(
+                    f"cannot reach the {stats.peers} peer(s) that hold it: no connection or no answer"
+                )
             raise FetchError(f"no peer could provide {what}: every peer failed or lacks it")
         unavailable = plan.unavailable()
         if not opening and unavailable and not any(s.open for s in sessions.values()):

@@ -280,6 +280,11 @@ async def connect(host: IHost, target: str | Peer) -> str:
         shown = target
     if info.peer_id == host.get_id():
         raise NetworkError("cannot connect to this node itself")
+    # An explicit connect is a deliberate try (a user's get, a bootstrap): lift the swarm's 60 s block on
+    # a peer whose addresses all failed before, so a peer that came back (restarted, healed) is dialed.
+    unblock = getattr(host.get_network(), "unblock_peer", None)
+    if unblock is not None:
+        unblock(info.peer_id)
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
             await host.connect(info)

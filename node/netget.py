@@ -20,7 +20,7 @@ import trio
 from libp2p.abc import IHost
 
 from node.dht import Dht, open_dht
-from node.errors import NetworkError, NotFoundError
+from node.errors import NetworkError, NodeError, NotFoundError
 from node.exchange import FetchError, FetchStats, fetch_blocks
 from node.host import Peer, connect, new_identity, open_host
 from node.repo import Pin, Repo, now
@@ -173,8 +173,8 @@ async def fetch_link(
 ) -> FetchReport:
     """Make every block of ``link``'s tree present in ``repo`` and, with ``pin``, pin it.
 
-    Providers come from the link's peer hints (dialed first), the DHT, and peers already connected.
-    With ``announce``, the node announces the root as soon as it starts (it serves what it holds while
+    Providers come from the link's peer hints (dialed first) and the DHT. With ``announce``, the node
+    announces the root in the background as soon as it starts (it serves what it holds while
     fetching, like a BitTorrent peer). Without ``pin`` the blocks stay unpinned: gc may remove them
     and the reprovider does not announce them (``get --no-seed``).
     """
@@ -182,6 +182,32 @@ async def fetch_link(
         if pin:
             await trio.to_thread.run_sync(pin_fetched, repo, link)
         return FetchReport(link.root, 0, pinned=pin)
+    failure: NodeError | OSError | None = None
+    async with trio.open_nursery() as nursery:
+        if dht is not None and announce:
+            # announced at once, in the background: a slow or unreachable DHT peer must not hold up the
+            # fetch; once the fetch is over the caller announces the pinned root again (see control.py)
+            nursery.start_soon(_announce_early, dht, link.root)
+        try:
+            report = await _fetch(host, dht, repo, link, pin=pin, find_timeout=find_timeout)
+        except (NodeError, OSError) as exc:  # raised below, once the nursery has closed (no exception group)
+            failure = exc
+        nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return report
+
+
+async def _announce_early(dht: Dht, root: bytes) -> None:
+    try:
+        await dht.provide(root)
+    except NetworkError as exc:
+        log.info("announcing a root being fetched: %s", exc)
+
+
+async def _fetch(
+    host: IHost, dht: Dht | None, repo: Repo, link: ShareLink, *, pin: bool, find_timeout: float
+) -> FetchReport:
     peers: dict[str, None] = {}
     for hint in link.peers:
         try:
@@ -189,8 +215,6 @@ async def fetch_link(
         except NetworkError as exc:
             log.info("peer hint unreachable: %s", exc)
     if dht is not None:
-        if announce:
-            await dht.provide(link.root)
         found: list[Peer] = await dht.find_providers(link.root, timeout=find_timeout)
         for provider in found:
             try:

@@ -183,6 +183,15 @@ async def test_no_reachable_peer_is_a_clear_error(tmp_path: Path) -> None:
             await fetch_blocks(fetcher.host, fetcher.repo.blocks, [], [cid_of(b"x")])
 
 
+async def test_providers_that_cannot_be_reached_are_named_as_such(tmp_path: Path) -> None:
+    async with node(tmp_path / "fetcher") as fetcher:
+        async with node(tmp_path / "gone") as gone:
+            await connect(fetcher.host, gone.addr)
+            peer_id = gone.peer_id
+        with trio.fail_after(30), pytest.raises(FetchError, match=r"cannot reach the 1 peer\(s\) that hold it"):
+            await fetch_blocks(fetcher.host, fetcher.repo.blocks, [peer_id], [cid_of(b"x")])
+
+
 async def test_blocks_already_held_are_never_fetched_again(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with AsyncExitStack() as stack:
