@@ -5,12 +5,15 @@
     scripts/testnet status                       # who runs, peers of each
     scripts/testnet stop 3 / start 3             # stop a node (SIGTERM) / start it again, same identity
     scripts/testnet down [--purge]               # stop them all (and delete the repos)
+    scripts/testnet up --nodes 5 --netns         # root: one network namespace per node, on a bridge
+    scripts/testnet partition 3 / heal 3         # --netns: cut node 3's link / restore it
 
 Node i's repo is DIR/node-i (default DIR: ./testnet), its log DIR/node-i/daemon.log; DIR/testnet.json
 records pids, peer ids and addresses. The daemons run detached (own session) and outlive this script;
-point the CLI at one with ``scripts/sealbox --repo DIR/node-i ...``. Nothing listens or dials beyond
-127.0.0.1. Waiting is on events: the log lines a daemon writes ("ready: peer", "bootstrap: reached")
-and the exit of a process (pidfd), each within a deadline.
+point the CLI at one with ``scripts/sealbox --repo DIR/node-i ...`` (the CLI reaches the daemon through
+its repo's Unix socket, so this works in --netns mode too). Nothing listens or dials beyond 127.0.0.1,
+or, with --netns, beyond the namespaces the testnet made. Waiting is on events: the log lines a daemon
+writes ("ready: peer", "bootstrap: reached") and the exit of a process (pidfd), each within a deadline.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -46,6 +50,9 @@ READY_TIMEOUT = 30.0  # seconds for a daemon to log "ready" and, when it bootstr
 STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL (the daemon's own close is bounded by 5 s)
 CLI_TIMEOUT = 30.0
 MAX_NODES = 64
+SUBNET = "10.47.0"  # --netns: node i is SUBNET.(i+1)/24 on a bridge inside the testnet's own hub namespace
+NETNS_PORT = 4001
+IP_TIMEOUT = 10.0
 
 
 class TestnetError(Exception):
@@ -82,27 +89,36 @@ class NodeRecord:
     peer_id: str | None
     addr: str | None
     running: bool
+    netns: str | None = None  # --netns: the node's network namespace, its address, and whether it is cut off
+    ip: str | None = None
+    partitioned: bool = False
 
 
 def _state_path(root: Path) -> Path:
     return root / STATE_NAME
 
 
-def _load(root: Path) -> list[NodeRecord]:
+@dataclass
+class Testnet:
+    nodes: list[NodeRecord]
+    hub: str | None = None  # --netns: the namespace holding the bridge every node's link plugs into
+
+
+def _load(root: Path) -> Testnet:
     path = _state_path(root)
     try:
         data = json.loads(path.read_text())
-        return [NodeRecord(**node) for node in data["nodes"]]
+        return Testnet([NodeRecord(**node) for node in data["nodes"]], data.get("hub"))
     except FileNotFoundError:
         raise TestnetError(f"no testnet in {root}: start one with 'scripts/testnet up --nodes N'") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise TestnetError(f"{path} is damaged ({exc}): remove it and the node repos by hand") from None
 
 
-def _save(root: Path, nodes: Sequence[NodeRecord]) -> None:
+def _save(root: Path, net: Testnet) -> None:
     path = _state_path(root)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"nodes": [asdict(n) for n in nodes]}, indent=2) + "\n")
+    tmp.write_text(json.dumps({"hub": net.hub, "nodes": [asdict(n) for n in net.nodes]}, indent=2) + "\n")
     os.replace(tmp, path)
 
 
@@ -110,6 +126,112 @@ def _node(nodes: Sequence[NodeRecord], index: int) -> NodeRecord:
     if not 0 <= index < len(nodes):
         raise TestnetError(f"no node {index}: this testnet has nodes 0 to {len(nodes) - 1}")
     return nodes[index]
+
+
+# -- network namespaces (--netns) ----------------------------------------------------------------------
+#
+# Nothing here touches the host's own network: the bridge lives in a namespace of the testnet's own (the
+# hub), and node i's namespace holds one end of a veth pair (eth0, SUBNET.(i+1)/24) whose other end (n<i>)
+# is a port of that bridge. ``partition`` sets the bridge port down: the node's link loses its carrier
+# and its packets go nowhere, as when a cable is pulled; ``heal`` sets it up again.
+
+
+def _ns_prefix(root: Path) -> str:
+    """A namespace name prefix unique to the testnet directory (namespace names are system-wide)."""
+    return "sbx-" + hashlib.sha256(str(root).encode()).hexdigest()[:8]
+
+
+def _ip(*args: str) -> None:
+    try:
+        result = subprocess.run(
+            ["ip", *args], capture_output=True, text=True, timeout=IP_TIMEOUT, check=False
+        )
+    except FileNotFoundError:
+        raise UsageError("--netns needs the 'ip' command (Debian package iproute2)") from None
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TestnetError(f"'ip {' '.join(args)}' failed: {reason}")
+
+
+def _ns_exists(name: str) -> bool:
+    return (Path("/run/netns") / name).exists()
+
+
+def _check_netns() -> None:
+    """Refuse --netns, saying why, where namespaces cannot be made (never fall back to loopback)."""
+    if not sys.platform.startswith("linux"):
+        raise UsageError("--netns needs Linux network namespaces: run 'up' without --netns")
+    if os.geteuid() != 0:
+        raise UsageError(
+            "--netns needs root (it creates network namespaces, a bridge and veth links):"
+            " run it as root, or 'up' without --netns"
+        )
+    if shutil.which("ip") is None:
+        raise UsageError(
+            "--netns needs the 'ip' command (Debian package iproute2): install it, or drop --netns"
+        )
+    probe = f"sbx-probe-{os.getpid()}"
+    try:
+        _ip("netns", "add", probe)
+    except TestnetError as exc:
+        raise UsageError(
+            f"network namespaces are not available here ({exc}): run 'up' without --netns"
+        ) from None
+    _ip("netns", "del", probe)
+
+
+def _make_namespaces(net: Testnet) -> None:
+    assert net.hub is not None
+    _ip("netns", "add", net.hub)
+    _ip("-n", net.hub, "link", "set", "lo", "up")
+    _ip("-n", net.hub, "link", "add", "br0", "type", "bridge")
+    _ip("-n", net.hub, "link", "set", "br0", "up")
+    for node in net.nodes:
+        _make_node_namespace(net, node)
+
+
+def _make_node_namespace(net: Testnet, node: NodeRecord) -> None:
+    assert net.hub is not None and node.netns is not None and node.ip is not None
+    port = f"n{node.index}"
+    _ip("netns", "add", node.netns)
+    _ip("-n", node.netns, "link", "set", "lo", "up")
+    _ip("-n", net.hub, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", node.netns)
+    _ip("-n", net.hub, "link", "set", port, "master", "br0")
+    _ip("-n", net.hub, "link", "set", port, "down" if node.partitioned else "up")
+    _ip("-n", node.netns, "addr", "add", f"{node.ip}/24", "dev", "eth0")
+    _ip("-n", node.netns, "link", "set", "eth0", "up")
+
+
+def _ensure_namespaces(net: Testnet) -> None:
+    """Make again what a reboot (or a hand) removed, before a node starts."""
+    assert net.hub is not None
+    if not _ns_exists(net.hub):
+        for node in net.nodes:
+            if node.netns is not None and _ns_exists(node.netns):
+                _ip("netns", "del", node.netns)
+        _make_namespaces(net)
+        return
+    for node in net.nodes:
+        if node.netns is not None and not _ns_exists(node.netns):
+            _make_node_namespace(net, node)
+
+
+def _remove_namespaces(net: Testnet) -> None:
+    """Delete the testnet's namespaces (their links and the bridge go with them). Daemons stopped first."""
+    names = [n.netns for n in net.nodes if n.netns is not None] + ([net.hub] if net.hub else [])
+    for name in names:
+        if _ns_exists(name):
+            _ip("netns", "del", name)
+
+
+def _set_link(net: Testnet, node: NodeRecord, up: bool) -> None:
+    if net.hub is None or node.netns is None:
+        raise UsageError(
+            "partition and heal need a testnet started with 'up --netns' (on 127.0.0.1 no link can be cut)"
+        )
+    if _ns_exists(net.hub) and _ns_exists(node.netns):  # else (testnet down) it applies at the next start
+        _ip("-n", net.hub, "link", "set", f"n{node.index}", "up" if up else "down")
+    node.partitioned = not up
 
 
 # -- processes -----------------------------------------------------------------------------------------
@@ -277,6 +399,20 @@ def _launch(node: NodeRecord, bootstrap: str | None) -> Watch:
         raise TestnetError(str(exc)) from None
     log_path = repo / LOG_NAME
     command = [_sealbox(), "--repo", str(repo), "daemon", "--listen", LISTEN]
+    if node.netns is not None:  # same daemon, inside the node's namespace, on its address there
+        listen = f"/ip4/{node.ip}/tcp/{NETNS_PORT}"
+        command = [
+            "ip",
+            "netns",
+            "exec",
+            node.netns,
+            _sealbox(),
+            "--repo",
+            str(repo),
+            "daemon",
+            "--listen",
+            listen,
+        ]
     if bootstrap is not None:
         command += ["--bootstrap", bootstrap]
     with open(log_path, "ab") as log:
@@ -317,52 +453,66 @@ def _script(name: str) -> str:
 
 def cmd_up(args: argparse.Namespace) -> None:
     if args.netns:
-        raise UsageError(
-            "network-namespace mode (--netns) is not available yet:"
-            " run 'up' without it (all nodes on 127.0.0.1)"
-        )
+        _check_netns()
     root = Path(args.dir).absolute()
     if _state_path(root).exists():
-        nodes = _load(root)
-        if any(_is_daemon_of(n) for n in nodes):
+        old = _load(root)
+        if any(_is_daemon_of(n) for n in old.nodes):
             raise TestnetError(
                 f"a testnet already runs in {root}: '{_script('testnet')} --dir {args.dir} down' first"
             )
+        if old.hub is not None:
+            _remove_namespaces(old)  # left by a testnet whose daemons are gone
     root.mkdir(parents=True, exist_ok=True)
-    nodes = [NodeRecord(i, str(root / f"node-{i}"), None, None, None, False) for i in range(args.nodes)]
+    net = Testnet(
+        [NodeRecord(i, str(root / f"node-{i}"), None, None, None, False) for i in range(args.nodes)]
+    )
+    nodes = net.nodes
     busy = [n.index for n in nodes if _lock_pid(Path(n.repo)) is not None]
     if busy:
         raise TestnetError(f"a daemon already runs on node {busy[0]}'s repo in {root}: stop it first")
     try:
+        if args.netns:
+            net.hub = f"{_ns_prefix(root)}-hub"
+            for node in nodes:
+                node.netns = f"{_ns_prefix(root)}-{node.index}"
+                node.ip = f"{SUBNET}.{node.index + 1}"
+            _save(root, net)
+            _make_namespaces(net)
         first = _launch(nodes[0], None)
-        _save(root, nodes)
+        _save(root, net)
         _follow([first], time.monotonic() + READY_TIMEOUT)
         _record_status(nodes[0])
         assert nodes[0].addr is not None
         watches = [_launch(node, nodes[0].addr) for node in nodes[1:]]
-        _save(root, nodes)
+        _save(root, net)
         _follow(watches, time.monotonic() + READY_TIMEOUT)
         for node in nodes[1:]:
             _record_status(node)
-        _save(root, nodes)
+        _save(root, net)
     except BaseException:
         _terminate(nodes)  # leave nothing half-started behind
-        _save(root, nodes)
+        if net.hub is not None:
+            _remove_namespaces(net)
+            net.hub = None
+        _save(root, net)
         raise
-    print(_table(nodes, root))
+    print(_table(net, root))
     print()
     where = _display_dir(root)
-    print(f"{len(nodes)} node(s) up. Use a node with:  {_script('sealbox')} --repo {where}/node-N COMMAND")
+    mode = f", each in its own network namespace on a bridge ({SUBNET}.0/24)" if net.hub else ""
+    print(f"{len(nodes)} node(s) up{mode}.")
+    print(f"Use a node with:  {_script('sealbox')} --repo {where}/node-N COMMAND")
     print(f"  e.g. {_script('sealbox')} --repo {where}/node-0 add FILE")
     print(f"Logs: {where}/node-N/{LOG_NAME}. Stop everything: {_script('testnet')} --dir {args.dir} down")
 
 
-def _table(nodes: Sequence[NodeRecord], root: Path, extra: dict[int, tuple[str, str]] | None = None) -> str:
+def _table(net: Testnet, root: Path, extra: dict[int, tuple[str, str]] | None = None) -> str:
     head = ["NODE", "PEER ID", "ADDRESS", "REPO"]
     if extra is not None:
         head[1:1] = ["STATE", "PEERS"]
     rows = [head]
-    for n in nodes:
+    for n in net.nodes:
         row = [
             str(n.index),
             n.peer_id or "-",
@@ -378,69 +528,98 @@ def _table(nodes: Sequence[NodeRecord], root: Path, extra: dict[int, tuple[str, 
 
 def cmd_status(args: argparse.Namespace) -> None:
     root = Path(args.dir).absolute()
-    nodes = _load(root)
+    net = _load(root)
     extra: dict[int, tuple[str, str]] = {}
-    for n in nodes:
+    for n in net.nodes:
+        cut = ", partitioned" if n.partitioned else ""
         if _is_daemon_of(n):
             try:
                 peers = str(_cli_status(Path(n.repo))["peers"])
             except TestnetError:
                 peers = "?"
-            extra[n.index] = (f"running (pid {n.pid})", peers)
+            extra[n.index] = (f"running (pid {n.pid}){cut}", peers)
         else:
-            extra[n.index] = ("stopped", "-")
-    print(_table(nodes, root, extra))
+            extra[n.index] = (f"stopped{cut}", "-")
+    print(_table(net, root, extra))
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
     root = Path(args.dir).absolute()
-    nodes = _load(root)
-    node = _node(nodes, args.node)
+    net = _load(root)
+    node = _node(net.nodes, args.node)
     if not _is_daemon_of(node):
         node.running = False
-        _save(root, nodes)
+        _save(root, net)
         raise TestnetError(f"node {node.index} is not running")
     killed = _terminate([node])
-    _save(root, nodes)
+    _save(root, net)
     how = " (killed: it did not stop on SIGTERM)" if killed else ""
     print(f"node {node.index} stopped{how}")
 
 
 def cmd_start(args: argparse.Namespace) -> None:
     root = Path(args.dir).absolute()
-    nodes = _load(root)
-    node = _node(nodes, args.node)
+    net = _load(root)
+    node = _node(net.nodes, args.node)
     if _is_daemon_of(node) or _lock_pid(Path(node.repo)) is not None:
         raise TestnetError(f"node {node.index} already runs")
-    running = [n for n in nodes if n is not node and _is_daemon_of(n)]
-    via = running[0] if running else None  # node 0 first (nodes are in order), else any running node
+    if net.hub is not None:
+        _ensure_namespaces(net)
+    running = [n for n in net.nodes if n is not node and _is_daemon_of(n)]
+    # node 0 first (nodes are in order), else any running node; a partitioned one cannot be reached
+    reachable = [n for n in running if not (n.partitioned or node.partitioned)]
+    via = reachable[0] if reachable else None
     bootstrap = None
     if via is not None:
         _record_status(via)
         bootstrap = via.addr
     watch = _launch(node, bootstrap)
-    _save(root, nodes)
+    _save(root, net)
     try:
         _follow([watch], time.monotonic() + READY_TIMEOUT)
         _record_status(node)
     except BaseException:
         _terminate([node])
-        _save(root, nodes)
+        _save(root, net)
         raise
-    _save(root, nodes)
-    joined = f", joined through node {via.index}" if via is not None else " (no other node runs: not joined)"
+    _save(root, net)
+    joined = (
+        f", joined through node {via.index}" if via is not None else " (no other node reachable: not joined)"
+    )
     print(f"node {node.index} running: peer {node.peer_id} at {node.addr}{joined}")
+
+
+def cmd_partition(args: argparse.Namespace) -> None:
+    root = Path(args.dir).absolute()
+    net = _load(root)
+    node = _node(net.nodes, args.node)
+    _set_link(net, node, up=False)
+    _save(root, net)
+    print(f"node {node.index} partitioned: its link is down, nothing reaches it or leaves it")
+
+
+def cmd_heal(args: argparse.Namespace) -> None:
+    root = Path(args.dir).absolute()
+    net = _load(root)
+    node = _node(net.nodes, args.node)
+    _set_link(net, node, up=True)
+    _save(root, net)
+    print(f"node {node.index} healed: its link is up again")
 
 
 def cmd_down(args: argparse.Namespace) -> None:
     root = Path(args.dir).absolute()
-    nodes = _load(root)
-    killed = _terminate(nodes)
-    _save(root, nodes)
+    net = _load(root)
+    killed = _terminate(net.nodes)
+    if net.hub is not None:
+        _remove_namespaces(net)
+        for node in net.nodes:
+            node.partitioned = False
+    _save(root, net)
     if killed:
         print(f"killed node(s) {', '.join(map(str, killed))}: they did not stop on SIGTERM")
     if args.purge:
-        for n in nodes:
+        for n in net.nodes:
             shutil.rmtree(n.repo, ignore_errors=True)
         _state_path(root).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
@@ -476,8 +655,9 @@ def build_parser() -> Parser:
     )
     parser = Parser(
         prog="scripts/testnet",
-        description="A local test network of real sealbox daemons on 127.0.0.1, each with its own repo "
-        "DIR/node-i (log: DIR/node-i/daemon.log). Node 0 starts first; the others bootstrap from it.",
+        description="A local test network of real sealbox daemons on 127.0.0.1 (or, with 'up --netns', "
+        "each in its own network namespace), each with its own repo DIR/node-i (log: DIR/node-i/daemon.log). "
+        "Node 0 starts first; the others bootstrap from it.",
         epilog="Use a node with: scripts/sealbox --repo DIR/node-i COMMAND. Errors: one line on stderr, "
         "exit 1 (2 for usage errors and refused options).",
     )
@@ -496,7 +676,9 @@ def build_parser() -> Parser:
     up.add_argument(
         "--netns",
         action="store_true",
-        help="one network namespace per node: NOT AVAILABLE YET (refused with exit status 2)",
+        help=f"root only: each node in its own network namespace, address {SUBNET}.(i+1) on a bridge "
+        "of the testnet's own (the host's network is not touched), so that 'partition' can cut a node off; "
+        "refused (exit status 2) where namespaces cannot be made",
     )
     up.set_defaults(func=cmd_up)
 
@@ -527,13 +709,33 @@ def build_parser() -> Parser:
     start.add_argument("node", type=int, metavar="NODE", help="node number")
     start.set_defaults(func=cmd_start)
 
+    partition = sub.add_parser(
+        "partition",
+        parents=[common],
+        help="--netns: cut one node off the network (its link goes down)",
+        description="Set NODE's port on the testnet's bridge down: its link loses carrier and no packet "
+        "reaches it or leaves it, as when a cable is pulled (its connections stall and time out). Only for "
+        "a testnet started with 'up --netns'.",
+    )
+    partition.add_argument("node", type=int, metavar="NODE", help="node number")
+    partition.set_defaults(func=cmd_partition)
+
+    heal = sub.add_parser(
+        "heal",
+        parents=[common],
+        help="--netns: put a partitioned node back on the network",
+        description="Set NODE's port on the testnet's bridge up again.",
+    )
+    heal.add_argument("node", type=int, metavar="NODE", help="node number")
+    heal.set_defaults(func=cmd_heal)
+
     down = sub.add_parser(
         "down",
         parents=[common],
         help="stop every node (SIGTERM, SIGKILL after a grace period)",
         description=f"SIGTERM every node's daemon (after checking, by its repo's daemon lock, that the pid "
         f"is that daemon), wait for all to exit, SIGKILL any still running after {STOP_GRACE:.0f} s. The "
-        "repos are kept unless --purge.",
+        "repos are kept unless --purge. With --netns, the namespaces are deleted too.",
     )
     down.add_argument("--purge", action="store_true", help="also delete the node repos and testnet.json")
     down.set_defaults(func=cmd_down)
