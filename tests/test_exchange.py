@@ -188,7 +188,10 @@ async def test_providers_that_cannot_be_reached_are_named_as_such(tmp_path: Path
         async with node(tmp_path / "gone") as gone:
             await connect(fetcher.host, gone.addr)
             peer_id = gone.peer_id
-        with trio.fail_after(30), pytest.raises(FetchError, match=r"cannot reach the 1 peer\(s\) that hold it"):
+        with (
+            trio.fail_after(30),
+            pytest.raises(FetchError, match=r"cannot reach the 1 peer\(s\) that hold it"),
+        ):
             await fetch_blocks(fetcher.host, fetcher.repo.blocks, [peer_id], [cid_of(b"x")])
 
 
