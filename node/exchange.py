@@ -179,7 +179,8 @@ class _Session:
     peer: str
     stream: INetStream
     next_request: int = 0
-    open: dict[int, tuple[bytes, float]] = field(default_factory=dict)  # request -> (cid, deadline)
+    open: dict[int, tuple[bytes, float]] = field(default_factory=dict)  # request -> (cid, time sent)
+    last_answer: float = 0.0  # when the peer last answered anything (or the session opened)
     ignored: set[int] = field(default_factory=set)  # cancelled or timed out: late answers are dropped
 
 
@@ -230,7 +231,7 @@ async def fetch_blocks(
                 if closing.is_set():
                     await _reset(stream)
                     return
-                sessions[peer] = _Session(peer, stream)
+                sessions[peer] = _Session(peer, stream, last_answer=trio.current_time())
                 plan.add_peer(peer)
                 nursery.start_soon(_read_replies, sessions[peer], writer, send.clone())
                 await send.send((peer, _OPENED))
@@ -253,6 +254,13 @@ async def fetch_blocks(
     if failure is not None:
         raise failure
     return stats
+
+
+def _stall_deadline(session: _Session, timeout: float) -> float:
+    """When ``session``'s peer counts as stalled: ``timeout`` after its latest answer, or after the
+    oldest open request was sent if that is later (a peer that was idle)."""
+    oldest = min(sent for _, sent in session.open.values())
+    return max(session.last_answer, oldest) + timeout
 
 
 class _Opened:
@@ -333,7 +341,7 @@ async def _run_fetch(
             session = sessions[request.peer]
             number = session.next_request
             session.next_request = (number + 1) & MAX_REQUEST_ID
-            session.open[number] = (request.cid, trio.current_time() + request_timeout)
+            session.open[number] = (request.cid, trio.current_time())
             try:
                 await session.stream.write(encode_message(Want(number, request.cid)))
             except _STREAM_ERRORS:
@@ -354,7 +362,9 @@ async def _run_fetch(
         unavailable = plan.unavailable()
         if not opening and unavailable and not any(s.open for s in sessions.values()):
             raise FetchError(f"no peer has block {cid_to_text(unavailable[0])}")
-        deadlines = [d for s in sessions.values() for _, d in s.open.values()]
+        # A peer answers its requests in order, so a deep window to a busy peer is slow but steady: it
+        # has stalled only when it has answered nothing for a whole timeout while requests were open.
+        deadlines = [_stall_deadline(s, request_timeout) for s in sessions.values() if s.open]
         timeout = max(0.0, min(deadlines) - trio.current_time()) if deadlines else float("inf")
         with trio.move_on_after(timeout):
             peer, message = await receive.receive()
@@ -368,6 +378,7 @@ async def _run_fetch(
             session = sessions.get(peer)
             if session is None:
                 continue
+            session.last_answer = trio.current_time()
             if (
                 isinstance(message, Block | NotFound | _Stored | _Corrupt)
                 and message.request in session.ignored
@@ -416,15 +427,15 @@ async def _run_fetch(
                         except _STREAM_ERRORS:
                             await drop(cancel.peer, bad=False)
             continue
-        # the nearest deadline passed
+        # the nearest deadline passed: a peer stalled
         now = trio.current_time()
         for peer, session in list(sessions.items()):
-            for number, (cid, deadline) in list(session.open.items()):
-                if deadline <= now:
-                    del session.open[number]
-                    session.ignored.add(number)
-                    if plan.timed_out(peer, cid):
-                        stats.dropped.add(peer)
-                        sessions.pop(peer, None)
-                        await _reset(session.stream)
-                        break
+            if not session.open or _stall_deadline(session, request_timeout) > now:
+                continue
+            log.info("block exchange: %s answered nothing for %.0f s; asking others", peer, request_timeout)
+            session.ignored.update(session.open)
+            session.open.clear()
+            if plan.stalled(peer):
+                stats.dropped.add(peer)
+                sessions.pop(peer, None)
+                await _reset(session.stream)

@@ -9,9 +9,12 @@ Rules (specs/block-exchange.md, "Scheduling"):
   fewest blocks received, the lowest peer id), so load spreads over every provider and fast peers,
   whose windows free up sooner, get more; a peer that timed out on a block is asked for it again
   only if no other peer can be;
+- a peer that answers nothing for a whole timeout while it has requests open has stalled: all of them
+  go back to the queue and count as one timeout (a peer that answers slowly but steadily, as a busy
+  seed does, never times out: the driver measures the timeout from its latest answer);
 - a peer never has more than ``window`` requests open;
 - a block a peer said it does not have is never asked of that peer again; a peer that sent a bad or
-  unrequested block, or timed out ``max_timeouts`` times, is dropped for good;
+  unrequested block, or timed out (or stalled) ``max_timeouts`` times, is dropped for good;
 - endgame, only at the tail (nothing left unassigned): a block in flight may also be asked of up to
   ``endgame_copies - 1`` other idle peers; the first copy to arrive cancels the others.
 """
@@ -168,15 +171,25 @@ class FetchPlan:
         state.missing.add(cid)
         self._release(peer, cid)
 
-    def timed_out(self, peer: Peer, cid: bytes) -> bool:
-        """A request to ``peer`` got no answer in time. Returns True if the peer is now dropped."""
+    def stalled(self, peer: Peer) -> bool:
+        """``peer`` has answered nothing for a whole timeout while requests to it were open: every one of
+        them goes back to the queue (another peer is preferred for them) and counts as one timeout.
+        Returns True if the peer is now dropped."""
         state = self._peers.get(peer)
-        if state is None or cid not in state.open:
+        if state is None or not state.open:
             return False
-        del state.open[cid]
-        state.cancelled.add(cid)  # if it still answers, that is not a protocol error
+        requeued = []
+        for cid in list(state.open):
+            del state.open[cid]
+            state.cancelled.add(cid)  # if it still answers, that is not a protocol error
+            asked = self._flight.get(cid)
+            if asked is not None and peer in asked:
+                asked.remove(peer)
+                if not asked:
+                    del self._flight[cid]
+                    requeued.append(cid)
+        self._queue = dict.fromkeys(requeued) | self._queue  # in their order, before anything queued
         state.timeouts += 1
-        self._release(peer, cid)
         if state.timeouts >= self.max_timeouts:
             self.drop_peer(peer)
             return True

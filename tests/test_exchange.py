@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,3 +210,59 @@ async def test_blocks_already_held_are_never_fetched_again(tmp_path: Path) -> No
             stats = await fetch_blocks(fetcher.host, fetcher.repo.blocks, [provider.peer_id], cids)
     assert stats.already_held == len(held)
     assert stats.blocks == len(cids) - len(held) == provider.server.served_blocks
+
+
+def slow_handler(store: Repo, delay: float) -> Callable[[INetStream], Awaitable[None]]:
+    """A provider on a slow link: it answers each request in order, ``delay`` seconds apiece."""
+
+    async def handle(stream: INetStream) -> None:
+        decoder = FrameDecoder()
+        while data := await stream.read(65536):
+            for message in decoder.feed(data):
+                assert isinstance(message, Want)
+                await trio.sleep(delay)  # the slow link itself, not a wait for anything
+                await stream.write(encode_message(Block(message.request, store.blocks.get(message.cid))))
+
+    return handle
+
+
+async def silent_handler(stream: INetStream) -> None:
+    """A provider that takes requests and never answers (hung, or cut off behind a live connection)."""
+    while await stream.read(65536):
+        pass
+
+
+async def test_a_slow_but_steady_provider_is_not_timed_out(tmp_path: Path) -> None:
+    # 24 blocks from one provider that needs 0.2 s per block, with a 1.5 s timeout: the 16th request of
+    # the first window waits 3.2 s for its answer, yet the peer answers every 0.2 s, so it never stalls
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            slow = await stack.enter_async_context(node(tmp_path / "slow"))
+            fetcher = await stack.enter_async_context(node(tmp_path / "fetcher"))
+            _, cids = seed(slow, [], sample(tmp_path, 23 * CHUNK))
+            set_handler(slow.host, PROTOCOL_ID, slow_handler(slow.repo, 0.2))
+            await connect(fetcher.host, slow.addr)
+            stats = await fetch_blocks(
+                fetcher.host, fetcher.repo.blocks, [slow.peer_id], cids, request_timeout=1.5
+            )
+    assert len(cids) >= 24
+    assert stats.received_from == {slow.peer_id: len(cids)} and not stats.dropped
+
+
+async def test_a_silent_provider_stalls_and_the_others_take_over(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            good = await stack.enter_async_context(node(tmp_path / "good"))
+            mute = await stack.enter_async_context(node(tmp_path / "mute"))
+            fetcher = await stack.enter_async_context(node(tmp_path / "fetcher"))
+            _, cids = seed(good, [mute], sample(tmp_path, 1024 * 1024))
+            set_handler(mute.host, PROTOCOL_ID, silent_handler)
+            for provider in (good, mute):
+                await connect(fetcher.host, provider.addr)
+            start = trio.current_time()
+            stats = await fetch_blocks(
+                fetcher.host, fetcher.repo.blocks, [mute.peer_id, good.peer_id], cids, request_timeout=1.0
+            )
+            elapsed = trio.current_time() - start
+    assert stats.received_from == {good.peer_id: len(cids)}
+    assert elapsed < 5  # one stall (1 s) moves the mute peer's requests to the good one, then the endgame

@@ -93,16 +93,21 @@ def test_unrequested_blocks_are_refused() -> None:
         plan.received(request.peer, CIDS[50])
 
 
-def test_timeouts_requeue_and_drop_after_max() -> None:
-    plan = plan_with(["a", "b"], 1, max_timeouts=2)
-    first = plan.next_requests()[0]
-    assert plan.timed_out(first.peer, first.cid) is False
-    second = plan.next_requests()[0]
-    assert second.peer != first.peer  # the other peer now has fewer strikes... or fewer open
-    plan.received(second.peer, second.cid)
-    # a late answer from the timed-out peer is tolerated, not a protocol error
-    assert plan.received(first.peer, first.cid) == []
-    assert plan.done
+def test_a_stalled_peer_loses_all_its_requests_and_is_dropped_after_max() -> None:
+    plan = plan_with(["a", "b"], 6, window=2, max_timeouts=2)
+    requests = plan.next_requests()
+    assert {r.peer for r in requests} == {"a", "b"} and len(requests) == 4
+    stalled = [r.cid for r in requests if r.peer == "a"]
+    assert plan.stalled("a") is False  # one strike: its two requests go back to the front of the queue
+    assert plan.open_requests("a") == []
+    assert plan.queued()[:2] == stalled
+    assert plan.stalled("a") is False  # nothing open: nothing to count
+    again = plan.next_requests()
+    # b is full; the stalled blocks may go back to a only because no other peer can take them
+    assert [r.cid for r in again] == stalled and {r.peer for r in again} == {"a"}
+    assert plan.stalled("a") is True  # second strike: dropped for good
+    assert "a" not in plan.peers() and plan.add_peer("a") is False
+    assert set(plan.queued()[:2]) == set(stalled)
 
 
 def test_endgame_only_at_the_tail_and_first_copy_cancels_the_rest() -> None:
@@ -166,7 +171,7 @@ def test_invariants_under_random_events(
             plan.drop_peer(peer)
             dropped.add(peer)
         elif roll < 0.1 and peer != "honest":
-            if plan.timed_out(peer, cid):
+            if plan.stalled(peer):
                 dropped.add(peer)
         elif cid in holdings[peer]:
             cancels = plan.received(peer, cid)
