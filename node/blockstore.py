@@ -23,7 +23,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -58,6 +58,11 @@ def _digest(cid: bytes) -> bytes:
     return check_cid(cid)[len(CID_PREFIX) :]
 
 
+def block_digest(cid: bytes) -> bytes:
+    """The sha2-256 digest a CID names: what the store indexes and what commit listeners receive."""
+    return _digest(cid)
+
+
 def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -75,6 +80,16 @@ class BlockStore:
         self._lock = threading.Lock()
         self._readers: dict[int, int] = {}
         self._db: sqlite3.Connection | None = None
+        self._listeners: list[Callable[[list[bytes]], None]] = []
+
+    def add_listener(self, listener: Callable[[list[bytes]], None]) -> None:
+        """Call ``listener(digests)`` after each commit with the sha2-256 digests of the blocks it made
+        visible, in the committing thread: the listener must be quick and thread-safe."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[list[bytes]], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -186,6 +201,10 @@ class BlockStore:
                 if _full(exc):
                     raise full_error(self.root) from None
                 raise RepoError(f"cannot update the block index: {exc}") from None
+        if rows:
+            digests = [row[0] for row in rows]
+            for listener in list(self._listeners):
+                listener(digests)
 
     # -- garbage collection (the caller holds the repo's exclusive lock) ----------------------------
 

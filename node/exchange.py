@@ -12,14 +12,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.exceptions import BaseLibp2pError
 
-from node.blockstore import BlockStore, PackWriter
+from node.blockstore import BlockStore, PackWriter, block_digest
 from node.errors import NetworkError, NotFoundError, RepoError
 from node.host import open_stream, set_handler
 from protocol.cid import cid_to_text
@@ -31,6 +31,7 @@ from protocol.messages import (
     Block,
     Cancel,
     FrameDecoder,
+    Have,
     Message,
     MessageError,
     NotFound,
@@ -45,12 +46,19 @@ LOAD_BATCH = 4  # replies read from the store in one worker-thread call
 LOAD_AHEAD = 8  # replies framed and waiting to be written
 READ_SIZE = 1 << 20
 REQUEST_TIMEOUT = 10.0
-COMMIT_EVERY = 64  # blocks: fetched blocks become visible (and servable) in batches this size
+COMMIT_EVERY = 64  # blocks: fetched blocks become visible (and servable) in batches this size,
+COMMIT_INTERVAL = 1.0  # or this many seconds apart, whichever comes first (others may want them)
+DISCOVER_FIRST = 3.0  # seconds before a fetch first asks ``discover`` for more providers, doubling to
+DISCOVER_MAX = 30.0
+MAX_WAITING = 8192  # NOT_FOUND answers a server remembers per stream, to send HAVE for them later
 _STREAM_ERRORS = (BaseLibp2pError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class FetchError(NetworkError):
-    """Blocks could not be fetched: no peer has them, or every peer failed."""
+    """Blocks could not be fetched: no peer has them, or every peer failed. ``stats`` tells what the
+    failed fetch did get (the blocks it stored are kept)."""
+
+    stats: FetchStats | None = None
 
 
 # -- serving ------------------------------------------------------------------------------------------
@@ -64,25 +72,68 @@ class _Requests(dict[int, bytes]):
         return request, self.pop(request)
 
 
+class _Waiting:
+    """What one inbound stream's asker was told NOT_FOUND for (request -> digest), newest last, so that
+    a HAVE can follow once this node holds the block (it may be fetching the same file)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[int, bytes] = {}
+        self.haves: list[int] = []
+        self.wake = trio.Event()
+
+    def remember(self, request: int, digest: bytes) -> None:
+        self.requests.pop(request, None)
+        self.requests[request] = digest
+        while len(self.requests) > MAX_WAITING:
+            del self.requests[next(iter(self.requests))]
+
+    def stored(self, digests: set[bytes]) -> None:
+        hits = [request for request, digest in self.requests.items() if digest in digests]
+        for request in hits:
+            del self.requests[request]
+        if hits:
+            self.haves += hits
+            self.wake.set()
+
+
 class BlockServer:
-    """Answers ``/sealbox/blocks/1.0.0`` requests from ``store``. Counts what it served, per peer."""
+    """Answers ``/sealbox/blocks/1.0.0`` requests from ``store``. Counts what it served.
+
+    A request answered NOT_FOUND is remembered (at most ``MAX_WAITING`` per stream): when the block
+    arrives in the store later (this node fetches the same file), the asker gets a HAVE for it.
+    """
 
     def __init__(self, store: BlockStore) -> None:
         self.store = store
         self.served_blocks = 0
         self.served_bytes = 0
+        self.haves_sent = 0
+        self._streams: set[_Waiting] = set()
+        self._token: trio.lowlevel.TrioToken | None = None
 
     def install(self, host: IHost) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self.store.add_listener(self._committed)
         set_handler(host, PROTOCOL_ID, self.handle)
+
+    def _committed(self, digests: list[bytes]) -> None:
+        """From the committing thread: pass the news to the streams, in the trio thread."""
+        if self._token is not None and self._streams:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._notify, set(digests))
+
+    def _notify(self, digests: set[bytes]) -> None:
+        for waiting in list(self._streams):
+            waiting.stored(digests)
 
     async def handle(self, stream: INetStream) -> None:
         queue = _Requests()
-        wake = trio.Event()
+        waiting = _Waiting()
         finished = False
         broken = False
 
         async def read_requests(cancel: trio.CancelScope) -> None:
-            nonlocal wake, finished, broken
+            nonlocal finished, broken
             decoder = FrameDecoder()
             try:
                 while data := await stream.read(READ_SIZE):
@@ -95,7 +146,7 @@ class BlockServer:
                             queue.pop(message.request, None)
                         else:
                             raise MessageError("a client sent a reply")
-                    wake.set()
+                    waiting.wake.set()
             except MessageError as exc:
                 log.info("block exchange: dropping a stream that broke the protocol: %s", exc)
                 broken = True
@@ -103,51 +154,64 @@ class BlockServer:
             except _STREAM_ERRORS:
                 pass  # the asker went away or closed its side: answer what is queued
             finished = True
-            wake.set()
+            waiting.wake.set()
 
         frames_in, frames_out = trio.open_memory_channel[tuple[bytes, int]](LOAD_AHEAD)
 
-        def load(batch: list[tuple[int, bytes]]) -> list[tuple[bytes, int]]:
-            """In a worker thread: read, verify and frame a few replies at once."""
-            out = []
+        def load(batch: list[tuple[int, bytes]]) -> list[tuple[bytes, int, int, bytes | None]]:
+            """In a worker thread: read, verify and frame a few replies at once. Each reply comes
+            with its request and, when it is NOT_FOUND, the digest asked for."""
+            out: list[tuple[bytes, int, int, bytes | None]] = []
             for request, cid in batch:
                 try:
                     block = self.store.get(cid)
                 except (NotFoundError, CorruptBlockError, RepoError):
-                    out.append((encode_message(NotFound(request)), 0))
+                    out.append((encode_message(NotFound(request)), 0, request, block_digest(cid)))
                 else:
-                    out.append((encode_message(Block(request, block)), len(block)))
+                    out.append((encode_message(Block(request, block)), len(block), request, None))
             return out
 
         async def prepare() -> None:
             # reads the next replies from disk while the previous ones are being written
-            nonlocal wake
             async with frames_in:
-                while queue or not finished:
+                while queue or waiting.haves or not finished:
+                    if waiting.haves:
+                        haves, waiting.haves = waiting.haves, []
+                        for request in haves:
+                            await frames_in.send((encode_message(Have(request)), -1))
+                        continue
                     if not queue:
-                        await wake.wait()
-                        wake = trio.Event()
+                        await waiting.wake.wait()
+                        waiting.wake = trio.Event()
                         continue
                     batch = [queue.popitem_first() for _ in range(min(LOAD_BATCH, len(queue)))]
-                    for frame in await trio.to_thread.run_sync(load, batch):
-                        await frames_in.send(frame)
+                    for frame, size, request, missing in await trio.to_thread.run_sync(load, batch):
+                        if missing is not None:
+                            waiting.remember(request, missing)
+                        await frames_in.send((frame, size))
 
         async def send(cancel: trio.CancelScope) -> None:
             nonlocal broken
             try:
                 async for frame, size in frames_out:
                     await stream.write(frame)
-                    if size:
+                    if size > 0:
                         self.served_blocks += 1
                         self.served_bytes += size
+                    elif size < 0:
+                        self.haves_sent += 1
             except _STREAM_ERRORS:
                 broken = True
                 cancel.cancel()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_requests, nursery.cancel_scope)
-            nursery.start_soon(prepare)
-            nursery.start_soon(send, nursery.cancel_scope)
+        self._streams.add(waiting)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_requests, nursery.cancel_scope)
+                nursery.start_soon(prepare)
+                nursery.start_soon(send, nursery.cancel_scope)
+        finally:
+            self._streams.discard(waiting)
         if broken:
             await _reset(stream)
         else:
@@ -170,8 +234,17 @@ class FetchStats:
     received_from: dict[str, int] = field(default_factory=dict)
     dropped: set[str] = field(default_factory=set)
     already_held: int = 0
+    haves: int = 0  # HAVE messages that made a peer eligible again for a block
     peers: int = 0  # peers asked
     unreachable: set[str] = field(default_factory=set)  # peers no stream could be opened to
+
+    def add(self, other: FetchStats) -> None:
+        """Add the counts of another fetch (a later round of the same download)."""
+        self.blocks += other.blocks
+        self.bytes += other.bytes
+        for peer, n in other.received_from.items():
+            self.received_from[peer] = self.received_from.get(peer, 0) + n
+        self.dropped |= other.dropped
 
 
 @dataclass
@@ -181,6 +254,7 @@ class _Session:
     next_request: int = 0
     open: dict[int, tuple[bytes, float]] = field(default_factory=dict)  # request -> (cid, time sent)
     last_answer: float = 0.0  # when the peer last answered anything (or the session opened)
+    not_found: dict[int, bytes] = field(default_factory=dict)  # answered NOT_FOUND: a HAVE may follow
     ignored: set[int] = field(default_factory=set)  # cancelled or timed out: late answers are dropped
 
 
@@ -196,11 +270,15 @@ async def fetch_blocks(
     window: int = 16,
     request_timeout: float = REQUEST_TIMEOUT,
     on_block: Callable[[bytes, str], None] | None = None,
+    discover: Callable[[], Awaitable[Sequence[str]]] | None = None,
 ) -> FetchStats:
     """Fetch every block of ``cids`` that ``store`` lacks from ``peers`` (peer ids, already known to
     ``host``) and store it. Blocks already held are never asked for; every block is verified before it
     is stored; a peer that sends a bad or unrequested block is dropped. Raises :class:`FetchError` when a
     block cannot be had from any of them.
+
+    ``discover``, if given, is called 3 s into the fetch and then at doubling intervals (up to 30 s) for
+    the peer ids that provide the blocks now; new ones join the fetch.
     """
     stats = FetchStats()
     plan = FetchPlan(window=window)
@@ -236,8 +314,25 @@ async def fetch_blocks(
                 nursery.start_soon(_read_replies, sessions[peer], writer, send.clone())
                 await send.send((peer, _OPENED))
 
+            async def rediscover() -> None:
+                # more providers may appear while the fetch runs: other downloaders of the same
+                # file announce it as they start (and answer HAVE once they hold blocks)
+                known = set(opening)
+                delay = DISCOVER_FIRST
+                while discover is not None:
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, DISCOVER_MAX)
+                    for peer in await discover():
+                        if peer not in known:
+                            known.add(peer)
+                            opening.add(peer)
+                            stats.peers += 1
+                            nursery.start_soon(open_session, peer)
+
             for peer in opening:
                 nursery.start_soon(open_session, peer)
+            if discover is not None:
+                nursery.start_soon(rediscover)
             try:
                 await _run_fetch(plan, sessions, opening, receive, writer, stats, request_timeout, on_block)
             except FetchError as exc:
@@ -252,6 +347,7 @@ async def fetch_blocks(
                 nursery.cancel_scope.cancel()
         writer.commit()
     if failure is not None:
+        failure.stats = stats
         raise failure
     return stats
 
@@ -325,6 +421,7 @@ async def _run_fetch(
 ) -> None:
     """The fetch loop. ``opening`` holds the peers whose streams are still being opened."""
     uncommitted = 0
+    last_commit = trio.current_time()
 
     async def drop(peer: str, *, bad: bool) -> None:
         session = sessions.pop(peer, None)
@@ -379,6 +476,11 @@ async def _run_fetch(
             if session is None:
                 continue
             session.last_answer = trio.current_time()
+            if isinstance(message, Have):  # the peer got a block it said it lacked
+                cid_had = session.not_found.pop(message.request, None)
+                if cid_had is not None and plan.have(peer, cid_had):
+                    stats.haves += 1
+                continue
             if (
                 isinstance(message, Block | NotFound | _Stored | _Corrupt)
                 and message.request in session.ignored
@@ -400,6 +502,9 @@ async def _run_fetch(
             cid = entry[0]
             if isinstance(message, NotFound):
                 plan.not_found(peer, cid)
+                session.not_found[message.request] = cid
+                while len(session.not_found) > MAX_WAITING:
+                    del session.not_found[next(iter(session.not_found))]
                 continue
             try:
                 cancels = plan.received(peer, cid)
@@ -409,7 +514,9 @@ async def _run_fetch(
             stats.blocks += 1
             stats.received_from[peer] = stats.received_from.get(peer, 0) + 1
             uncommitted += 1
-            if uncommitted >= COMMIT_EVERY:
+            now = trio.current_time()
+            if uncommitted >= COMMIT_EVERY or now - last_commit >= COMMIT_INTERVAL:
+                last_commit = now
                 await trio.to_thread.run_sync(writer.commit)
                 uncommitted = 0
             if on_block is not None:

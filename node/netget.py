@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 ROUND_LIMIT = 8192  # blocks asked for in one round: bounds memory whatever the tree's size
 MAX_DEPTH = 255
 FIND_TIMEOUT = 30.0
+QUICK_FAILURE = 5.0  # seconds: a fetch round that failed sooner is retried once at once
 
 
 @dataclass
@@ -214,13 +216,7 @@ async def _fetch(
             peers[await connect(host, hint)] = None
         except NetworkError as exc:
             log.info("peer hint unreachable: %s", exc)
-    if dht is not None:
-        found: list[Peer] = await dht.find_providers(link.root, timeout=find_timeout)
-        for provider in found:
-            try:
-                peers[await connect(host, provider)] = None
-            except NetworkError as exc:
-                log.info("provider unreachable: %s", exc)
+    await _discover(host, dht, link, peers, find_timeout)
     if not peers:
         raise FetchError(
             "no providers found: no reachable peer has announced this link,"
@@ -228,22 +224,59 @@ async def _fetch(
         )
     report = FetchReport(link.root, len(peers))
     total = FetchStats()
-    while True:
-        missing = await trio.to_thread.run_sync(missing_blocks, repo, link)
-        if not missing:
-            break
+    quick_retry = True
+    missing = await trio.to_thread.run_sync(missing_blocks, repo, link)
+    while missing:
         report.rounds += 1
-        stats = await fetch_blocks(host, repo.blocks, list(peers), missing)
-        total.blocks += stats.blocks
-        total.bytes += stats.bytes
-        for peer, n in stats.received_from.items():
-            total.received_from[peer] = total.received_from.get(peer, 0) + n
-        total.dropped |= stats.dropped
+        started = trio.current_time()
+        random.shuffle(missing)  # downloaders of the same file hold different blocks, to swap them
+
+        async def more() -> list[str]:
+            await _discover(host, dht, link, peers, find_timeout)
+            return list(peers)
+
+        try:
+            stats = await fetch_blocks(host, repo.blocks, list(peers), missing, discover=more)
+        except FetchError as exc:
+            if exc.stats is not None:
+                total.add(exc.stats)
+            # Other fetchers of the same root may hold more by now, and a provider may have failed
+            # for a moment: go on while a round makes progress or the DHT names new providers, and
+            # retry once at once after a failure that came fast (a refused or broken stream).
+            left = await trio.to_thread.run_sync(missing_blocks, repo, link)
+            known = len(peers)
+            await _discover(host, dht, link, peers, find_timeout)
+            quick = quick_retry and trio.current_time() - started < QUICK_FAILURE
+            if len(left) >= len(missing) and len(peers) == known and not quick:
+                raise
+            quick_retry = quick_retry and not quick
+            log.info("fetch: retrying with %d provider(s), %d block(s) left", len(peers), len(left))
+            report.providers = len(peers)
+            missing = left
+            continue
+        total.add(stats)
+        missing = await trio.to_thread.run_sync(missing_blocks, repo, link)
     report.stats = total
     if pin:
         await trio.to_thread.run_sync(pin_fetched, repo, link)
         report.pinned = True
     return report
+
+
+async def _discover(
+    host: IHost, dht: Dht | None, link: ShareLink, peers: dict[str, None], find_timeout: float
+) -> None:
+    """Add the providers the DHT knows for ``link``'s root to ``peers`` (those that can be reached)."""
+    if dht is None:
+        return
+    found: list[Peer] = await dht.find_providers(link.root, timeout=find_timeout)
+    for provider in found:
+        if provider.peer_id in peers:
+            continue
+        try:
+            peers[await connect(host, provider)] = None
+        except NetworkError as exc:
+            log.info("provider unreachable: %s", exc)
 
 
 def get_from_network(

@@ -13,7 +13,8 @@ Rules (specs/block-exchange.md, "Scheduling"):
   go back to the queue and count as one timeout (a peer that answers slowly but steadily, as a busy
   seed does, never times out: the driver measures the timeout from its latest answer);
 - a peer never has more than ``window`` requests open;
-- a block a peer said it does not have is never asked of that peer again; a peer that sent a bad or
+- a block a peer said it does not have is not asked of that peer again, unless the peer says later
+  that it has it now (HAVE: it is fetching the same file); a peer that sent a bad or
   unrequested block, or timed out (or stalled) ``max_timeouts`` times, is dropped for good;
 - endgame, only at the tail (nothing left unassigned): a block in flight may also be asked of up to
   ``endgame_copies - 1`` other idle peers; the first copy to arrive cancels the others.
@@ -170,6 +171,15 @@ class FetchPlan:
         del state.open[cid]
         state.missing.add(cid)
         self._release(peer, cid)
+
+    def have(self, peer: Peer, cid: bytes) -> bool:
+        """``peer``, which said it did not have ``cid``, now has it (a HAVE): it may be asked again.
+        Returns True if that changed anything (the block is still wanted and the peer is current)."""
+        state = self._peers.get(peer)
+        if state is None or cid not in state.missing:
+            return False
+        state.missing.discard(cid)
+        return cid in self._queue or cid in self._flight
 
     def stalled(self, peer: Peer) -> bool:
         """``peer`` has answered nothing for a whole timeout while requests to it were open: every one of

@@ -22,7 +22,7 @@ MAX_FRAME = MAX_BLOCK + 64  # a BLOCK message: the block plus a few bytes of msg
 MAX_VARINT_LEN = 4  # enough for MAX_FRAME; a longer prefix is refused
 MAX_REQUEST_ID = (1 << 32) - 1
 
-WANT, BLOCK, NOT_FOUND, CANCEL = 1, 2, 3, 4
+WANT, BLOCK, NOT_FOUND, CANCEL, HAVE = 1, 2, 3, 4, 5
 
 
 class MessageError(ProtocolError):
@@ -59,7 +59,15 @@ class Cancel:
     request: int
 
 
-Message = Want | Block | NotFound | Cancel
+@dataclass(frozen=True, slots=True)
+class Have:
+    """The answerer, which said NOT_FOUND to ``request``, holds that block now (it fetched it since):
+    the asker may WANT it again. Lets simultaneous downloaders of one file serve one another."""
+
+    request: int
+
+
+Message = Want | Block | NotFound | Cancel | Have
 
 
 def encode_message(message: Message) -> bytes:
@@ -72,6 +80,8 @@ def encode_message(message: Message) -> bytes:
         fields = [BLOCK, message.request, message.data]
     elif isinstance(message, NotFound):
         fields = [NOT_FOUND, message.request]
+    elif isinstance(message, Have):
+        fields = [HAVE, message.request]
     else:
         fields = [CANCEL, message.request]
     body: bytes = msgpack.packb(fields, use_bin_type=True)
@@ -108,7 +118,7 @@ def decode_body(body: bytes) -> Message:
     if not isinstance(fields, list) or not fields or type(fields[0]) is not int:
         raise MessageError("message has no type")
     kind = fields[0]
-    shape = {WANT: 3, BLOCK: 3, NOT_FOUND: 2, CANCEL: 2}.get(kind)
+    shape = {WANT: 3, BLOCK: 3, NOT_FOUND: 2, CANCEL: 2, HAVE: 2}.get(kind)
     if shape is None:
         raise MessageError(f"unknown message type {kind}")
     if len(fields) != shape:
@@ -128,6 +138,8 @@ def decode_body(body: bytes) -> Message:
         if not isinstance(fields[2], bytes):
             raise MessageError("block message holds no bytes")
         return Block(request, fields[2])
+    if kind == HAVE:
+        return Have(request)
     return NotFound(request) if kind == NOT_FOUND else Cancel(request)
 
 

@@ -27,6 +27,7 @@ from protocol.messages import (  # noqa: E402
     PROTOCOL_ID,
     Block,
     Cancel,
+    Have,
     Message,
     NotFound,
     Want,
@@ -218,7 +219,15 @@ def link_vectors() -> dict[str, Any]:
 def exchange_vectors() -> dict[str, Any]:
     cid = cid_of(b"sealbox exchange vector")
     frames = []
-    for message in (Want(1, cid), Block(2, data("block", 48)), NotFound(3), Cancel(4), Want(2**32 - 1, cid)):
+    messages: list[Message] = [
+        Want(1, cid),
+        Block(2, data("block", 48)),
+        NotFound(3),
+        Cancel(4),
+        Have(3),
+        Want(2**32 - 1, cid),
+    ]
+    for message in messages:
         frames.append(
             {
                 "message": type(message).__name__,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 import trio
 from libp2p.abc import IHost, INetStream
+from libp2p.exceptions import BaseLibp2pError
 
 from node.add import add_path
 from node.exchange import BlockServer, FetchError, fetch_blocks
@@ -217,11 +219,14 @@ def slow_handler(store: Repo, delay: float) -> Callable[[INetStream], Awaitable[
 
     async def handle(stream: INetStream) -> None:
         decoder = FrameDecoder()
-        while data := await stream.read(65536):
-            for message in decoder.feed(data):
-                assert isinstance(message, Want)
-                await trio.sleep(delay)  # the slow link itself, not a wait for anything
-                await stream.write(encode_message(Block(message.request, store.blocks.get(message.cid))))
+        with contextlib.suppress(BaseLibp2pError):  # the asker resets the stream when it is done
+            while data := await stream.read(65536):
+                for message in decoder.feed(data):
+                    if not isinstance(message, Want):
+                        continue  # a CANCEL: the block came from elsewhere
+                    await trio.sleep(delay)  # the slow link itself, not a wait for anything
+                    block = store.blocks.get(message.cid)
+                    await stream.write(encode_message(Block(message.request, block)))
 
     return handle
 
@@ -266,3 +271,45 @@ async def test_a_silent_provider_stalls_and_the_others_take_over(tmp_path: Path)
             elapsed = trio.current_time() - start
     assert stats.received_from == {good.peer_id: len(cids)}
     assert elapsed < 5  # one stall (1 s) moves the mute peer's requests to the good one, then the endgame
+
+
+async def test_a_peer_that_lacked_blocks_says_have_once_it_holds_them_and_serves_them(tmp_path: Path) -> None:
+    # The seed is slow; the other provider holds nothing at first (it is a downloader too) and answers
+    # NOT_FOUND. Once the blocks land in its store, it sends HAVE and the fetcher takes them from it.
+    with trio.fail_after(60):
+        async with AsyncExitStack() as stack:
+            seed_node = await stack.enter_async_context(node(tmp_path / "seed"))
+            peer = await stack.enter_async_context(node(tmp_path / "peer"))
+            fetcher = await stack.enter_async_context(node(tmp_path / "fetcher"))
+            _, cids = seed(seed_node, [], sample(tmp_path, 40 * CHUNK))
+            set_handler(seed_node.host, PROTOCOL_ID, slow_handler(seed_node.repo, 0.3))
+            for provider in (seed_node, peer):
+                await connect(fetcher.host, provider.addr)
+            first_block = trio.Event()
+            lacked = 0
+
+            def on_block(_cid: bytes, _peer: str) -> None:
+                first_block.set()
+
+            async def peer_catches_up() -> None:
+                nonlocal lacked
+                await first_block.wait()  # 0.3 s in: the peer has long answered NOT_FOUND
+                lacked = peer.server.haves_sent
+                with peer.repo.blocks.writer() as writer:
+                    for cid in cids:
+                        writer.put(cid, seed_node.repo.blocks.get(cid))
+                    await trio.to_thread.run_sync(writer.commit)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer_catches_up)
+                stats = await fetch_blocks(
+                    fetcher.host,
+                    fetcher.repo.blocks,
+                    [seed_node.peer_id, peer.peer_id],
+                    cids,
+                    on_block=on_block,
+                )
+    assert lacked == 0  # no HAVE before the peer held anything
+    assert peer.server.haves_sent > 0 and stats.haves > 0  # NOT_FOUND, then HAVE, then the block
+    assert stats.received_from.get(peer.peer_id, 0) > len(cids) // 2  # the slow seed gave the least
+    assert sum(stats.received_from.values()) == len(cids)

@@ -182,3 +182,19 @@ def test_invariants_under_random_events(
             plan.not_found(peer, cid)
     assert plan.done
     assert got == set(CIDS[:blocks])
+
+
+def test_a_have_makes_a_peer_eligible_again_for_a_block_it_lacked() -> None:
+    plan = plan_with(["a", "b"], 1, window=1)
+    (first,) = plan.next_requests()
+    plan.not_found(first.peer, first.cid)
+    other = "b" if first.peer == "a" else "a"
+    (second,) = plan.next_requests()
+    assert second == Request(other, first.cid)
+    assert plan.have(other, first.cid) is False  # it never said it lacked it
+    assert plan.have(first.peer, first.cid) is True
+    assert first.cid not in plan.missing_at(first.peer)
+    assert plan.have(first.peer, first.cid) is False  # once
+    plan.received(other, first.cid)
+    assert plan.done
+    assert plan.have("nobody", first.cid) is False

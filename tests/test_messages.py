@@ -18,6 +18,7 @@ from protocol.messages import (
     Block,
     Cancel,
     FrameDecoder,
+    Have,
     Message,
     MessageError,
     NotFound,
@@ -32,6 +33,7 @@ messages = st.one_of(
     st.builds(Block, request_ids, st.binary(max_size=4096)),
     st.builds(NotFound, request_ids),
     st.builds(Cancel, request_ids),
+    st.builds(Have, request_ids),
 )
 
 
