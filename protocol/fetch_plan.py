@@ -16,8 +16,9 @@ Rules (specs/block-exchange.md, "Scheduling"):
 - a block a peer said it does not have is not asked of that peer again, unless the peer says later
   that it has it now (HAVE: it is fetching the same file); a peer that sent a bad or
   unrequested block, or timed out (or stalled) ``max_timeouts`` times, is dropped for good;
-- endgame, only at the tail (nothing left unassigned): a block in flight may also be asked of up to
-  ``endgame_copies - 1`` other idle peers; the first copy to arrive cancels the others.
+- endgame, only at the tail (nothing left unassigned, and no more blocks in flight than there are
+  peers): a block in flight may also be asked of up to ``endgame_copies - 1`` other idle peers; the
+  first copy to arrive cancels the others.
 """
 
 from __future__ import annotations
@@ -232,7 +233,9 @@ class FetchPlan:
             self._flight[cid] = [peer]
             self._ask(peer, cid)
             out.append(Request(peer, cid))
-        if not self._queue and self.endgame_copies > 1:
+        # endgame only for the last few blocks: with deep windows to many peers, "everything asked"
+        # comes early, and copying every block in flight would double the traffic
+        if not self._queue and self.endgame_copies > 1 and len(self._flight) <= len(self._peers):
             out += self._endgame()
         return out
 
