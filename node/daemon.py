@@ -34,6 +34,7 @@ from node.exchange import BlockServer
 from node.host import listen_addrs, open_host, single_exception
 from node.identity import load_or_create_identity
 from node.repo import Repo
+from node.taskdump import serve_task_dumps
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -181,6 +182,7 @@ async def main(repo_path: Path, *, listen: Sequence[str] = (), bootstrap: Sequen
                         return
 
                 nursery.start_soon(stop_on_signal)
+                nursery.start_soon(serve_task_dumps)
                 await serve(repo_path, listen=listen, bootstrap=bootstrap)
         log.info("stopped")
     except BaseExceptionGroup as group:

@@ -304,7 +304,8 @@ async def fetch_blocks(
                 except NetworkError as exc:
                     log.info("block exchange: %s", exc)
                     stats.unreachable.add(peer)
-                    await send.send((peer, None))
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        await send.send((peer, None))
                     return
                 if closing.is_set():
                     await _reset(stream)
@@ -312,7 +313,8 @@ async def fetch_blocks(
                 sessions[peer] = _Session(peer, stream, last_answer=trio.current_time())
                 plan.add_peer(peer)
                 nursery.start_soon(_read_replies, sessions[peer], writer, send.clone())
-                await send.send((peer, _OPENED))
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await send.send((peer, _OPENED))
 
             async def rediscover() -> None:
                 # more providers may appear while the fetch runs: other downloaders of the same
@@ -338,6 +340,9 @@ async def fetch_blocks(
             except FetchError as exc:
                 failure = exc  # raised below, once the nursery has closed (not in an exception group)
             finally:
+                # Nobody reads events any more: close the channel, so that a reader blocked on a full
+                # channel (its shielded last send included) fails at once instead of waiting forever.
+                receive.close()
                 # Resetting a stream yields to other tasks, and a session may open meanwhile: take
                 # them one by one rather than iterate over a dict that can grow.
                 closing.set()

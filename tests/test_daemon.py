@@ -215,6 +215,11 @@ def test_daemon_serves_the_cli_stops_on_sigterm_and_keeps_its_identity(
     removed = json.loads(ok(run_cli("--repo", repo, "rm", added["link"], "--json")))
     assert removed == {"unpinned": [added["root"]]}
     assert ok(run_cli("--repo", repo, "ls")) == ""
+    # SIGUSR1 dumps where every task waits, and the daemon goes on
+    restarted.proc.send_signal(signal.SIGUSR1)
+    restarted.wait_for(r"task dump \(SIGUSR1\)")
+    restarted.wait_for(r"  at .*node/daemon\.py:\d+ in main")
+    assert json.loads(ok(run_cli("--repo", repo, "status", "--json")))["peer_id"] == peer_id
     assert restarted.stop()[0] == 0
 
 

@@ -22,7 +22,7 @@ from node.host import connect, listen_addrs, new_identity, open_host, set_handle
 from node.repo import Repo
 from protocol.cid import cid_of
 from protocol.link import ShareLink
-from protocol.messages import PROTOCOL_ID, Block, FrameDecoder, Want, encode_message
+from protocol.messages import PROTOCOL_ID, Block, FrameDecoder, Have, Want, encode_message
 
 if TYPE_CHECKING:
     # trio-typing (a py-libp2p dependency) installs trio-stubs, which mypy reads instead of trio's own
@@ -312,4 +312,35 @@ async def test_a_peer_that_lacked_blocks_says_have_once_it_holds_them_and_serves
     assert lacked == 0  # no HAVE before the peer held anything
     assert peer.server.haves_sent > 0 and stats.haves > 0  # NOT_FOUND, then HAVE, then the block
     assert stats.received_from.get(peer.peer_id, 0) > len(cids) // 2  # the slow seed gave the least
+    assert sum(stats.received_from.values()) == len(cids)
+
+
+async def test_a_fetch_ends_even_when_providers_go_on_talking(tmp_path: Path) -> None:
+    # Providers that flood the asker with HAVEs around each block: events pile up faster than the
+    # fetch loop takes them, and it must still end as soon as it has everything (a full event channel
+    # once left the readers blocked forever in their last, shielded, send).
+    def chatty(holder: Node) -> Callable[[INetStream], Awaitable[None]]:
+        async def handle(stream: INetStream) -> None:
+            decoder = FrameDecoder()
+            flood = b"".join(encode_message(Have(n)) for n in range(3000))
+            with contextlib.suppress(BaseLibp2pError):
+                while data := await stream.read(65536):
+                    for message in decoder.feed(data):
+                        if isinstance(message, Want):
+                            block = holder.repo.blocks.get(message.cid)
+                            await stream.write(flood + encode_message(Block(message.request, block)) + flood)
+
+        return handle
+
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            talkers = [await stack.enter_async_context(node(tmp_path / f"talker{i}")) for i in range(4)]
+            fetcher = await stack.enter_async_context(node(tmp_path / "fetcher"))
+            _, cids = seed(talkers[0], talkers[1:], sample(tmp_path, 8 * CHUNK))
+            for talker in talkers:
+                set_handler(talker.host, PROTOCOL_ID, chatty(talker))
+                await connect(fetcher.host, talker.addr)
+            stats = await fetch_blocks(
+                fetcher.host, fetcher.repo.blocks, [t.peer_id for t in talkers], cids, window=2
+            )
     assert sum(stats.received_from.values()) == len(cids)
