@@ -440,7 +440,9 @@ async def _run_fetch(
 
     async def send_requests() -> None:
         for request in plan.next_requests():
-            session = sessions[request.peer]
+            session = sessions.get(request.peer)
+            if session is None:  # dropped while an earlier request of this batch was written: the
+                continue  # plan has put its requests back in the queue already
             number = session.next_request
             session.next_request = (number + 1) & MAX_REQUEST_ID
             session.open[number] = (request.cid, trio.current_time())
