@@ -257,6 +257,7 @@ async def _fetch(
         total.add(stats)
         missing = await trio.to_thread.run_sync(missing_blocks, repo, link)
     report.stats = total
+    report.providers = len(peers)  # those found during the fetch included
     if pin:
         await trio.to_thread.run_sync(pin_fetched, repo, link)
         report.pinned = True
