@@ -21,7 +21,7 @@ from libp2p.exceptions import BaseLibp2pError
 
 from node.blockstore import BlockStore, PackWriter, block_digest
 from node.errors import NetworkError, NotFoundError, RepoError
-from node.host import open_stream, set_handler
+from node.host import open_stream_redialing, set_handler
 from protocol.cid import cid_to_text
 from protocol.errors import CorruptBlockError
 from protocol.fetch_plan import FetchPlan, UnrequestedBlockError
@@ -300,7 +300,7 @@ async def fetch_blocks(
 
             async def open_session(peer: str) -> None:
                 try:
-                    stream = await open_stream(host, peer, PROTOCOL_ID)
+                    stream = await open_stream_redialing(host, peer, PROTOCOL_ID)
                 except NetworkError as exc:
                     log.info("block exchange: %s", exc)
                     stats.unreachable.add(peer)

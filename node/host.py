@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
 import multiaddr
@@ -309,6 +309,25 @@ async def open_stream(host: IHost, peer_id: str, protocol: str) -> INetStream:
             return await host.new_stream(pid, [TProtocol(protocol)])
     except _NET_ERRORS as exc:
         raise NetworkError(f"cannot open {protocol} to {peer_id}: {_reason(exc)}") from None
+
+
+async def open_stream_redialing(host: IHost, peer_id: str, protocol: str) -> INetStream:
+    """:func:`open_stream`, and if that fails on a connection that already existed, close it and try
+    once more over a fresh dial: a connection that outlived a network outage can stay silent for a long
+    time (TCP's retransmission backoff) while a new one works at once."""
+    had_connection = any(p.to_base58() == peer_id for p in host.get_connected_peers())
+    try:
+        return await open_stream(host, peer_id, protocol)
+    except NetworkError:
+        if not had_connection:
+            raise
+    pid = ID.from_base58(peer_id)
+    with trio.move_on_after(CLOSE_TIMEOUT), suppress(*_NET_ERRORS):
+        await host.disconnect(pid)
+    unblock = getattr(host.get_network(), "unblock_peer", None)
+    if unblock is not None:
+        unblock(pid)
+    return await open_stream(host, peer_id, protocol)
 
 
 def set_handler(host: IHost, protocol: str, handler: StreamHandlerFn) -> None:
