@@ -463,9 +463,12 @@ async def _run_fetch(
                     f"cannot reach the {stats.peers} peer(s) that hold it: no connection or no answer"
                 )
             raise FetchError(f"no peer could provide {what}: every peer failed or lacks it")
-        unavailable = plan.unavailable()
-        if not opening and unavailable and not any(s.open for s in sessions.values()):
-            raise FetchError(f"no peer has block {cid_to_text(unavailable[0])}")
+        if not opening and not any(s.open for s in sessions.values()):
+            # nothing is on its way: if some block can be asked of nobody, the fetch cannot finish
+            # (computed only here: it walks the whole queue)
+            unavailable = plan.unavailable()
+            if unavailable:
+                raise FetchError(f"no peer has block {cid_to_text(unavailable[0])}")
         # A peer answers its requests in order, so a deep window to a busy peer is slow but steady: it
         # has stalled only when it has answered nothing for a whole timeout while requests were open.
         deadlines = [_stall_deadline(s, request_timeout) for s in sessions.values() if s.open]

@@ -14,7 +14,9 @@ Rules (specs/block-exchange.md, "Scheduling"):
   seed does, never times out: the driver measures the timeout from its latest answer);
 - a peer never has more than ``window`` requests open;
 - a block a peer said it does not have is not asked of that peer again, unless the peer says later
-  that it has it now (HAVE: it is fetching the same file); a peer that sent a bad or
+  that it has it now (HAVE: it is fetching the same file); a peer that said NOT_FOUND once is a
+  downloader: it is asked for a block without a HAVE for it only when no better peer is free, and
+  only ``blind_asks`` such peers per block (each miss subscribes us to its HAVE); a peer that sent a bad or
   unrequested block, or timed out (or stalled) ``max_timeouts`` times, is dropped for good;
 - endgame, only at the tail (nothing left unassigned, and no more blocks in flight than there are
   peers): a block in flight may also be asked of up to ``endgame_copies - 1`` other idle peers; the
@@ -53,13 +55,19 @@ class PeerState:
     cancelled: set[bytes] = field(default_factory=set)  # asked, then cancelled: a late reply is fine
     received: int = 0
     timeouts: int = 0
+    partial: bool = False  # it said NOT_FOUND once: a downloader itself, not a seed
+    has: set[bytes] = field(default_factory=set)  # cids it said HAVE for (and not yet sent)
 
 
 class FetchPlan:
-    def __init__(self, *, window: int = 16, endgame_copies: int = 2, max_timeouts: int = 3) -> None:
-        if window < 1 or endgame_copies < 1 or max_timeouts < 1:
-            raise ValueError("window, endgame_copies and max_timeouts must be >= 1")
+    def __init__(
+        self, *, window: int = 16, endgame_copies: int = 2, max_timeouts: int = 3, blind_asks: int = 2
+    ) -> None:
+        if window < 1 or endgame_copies < 1 or max_timeouts < 1 or blind_asks < 1:
+            raise ValueError("window, endgame_copies, max_timeouts and blind_asks must be >= 1")
         self.window = window
+        self.blind_asks = blind_asks
+        self._blind: dict[bytes, int] = {}  # cid -> partial peers asked for it without a HAVE
         self.endgame_copies = endgame_copies
         self.max_timeouts = max_timeouts
         self._queue: dict[bytes, None] = {}  # wanted, not in flight, in priority order
@@ -171,6 +179,7 @@ class FetchPlan:
             raise UnrequestedBlockError("peer answered a request it was not sent")
         del state.open[cid]
         state.missing.add(cid)
+        state.partial = True
         self._release(peer, cid)
 
     def have(self, peer: Peer, cid: bytes) -> bool:
@@ -180,6 +189,7 @@ class FetchPlan:
         if state is None or cid not in state.missing:
             return False
         state.missing.discard(cid)
+        state.has.add(cid)
         return cid in self._queue or cid in self._flight
 
     def stalled(self, peer: Peer) -> bool:
@@ -258,14 +268,31 @@ class FetchPlan:
         state = self._peers[peer]
         state.open[cid] = None
         state.cancelled.discard(cid)  # a new request: a late answer to the old one now answers it
+        if self._blind_for(state, cid):
+            self._blind[cid] = self._blind.get(cid, 0) + 1
+        state.has.discard(cid)
+
+    @staticmethod
+    def _blind_for(state: PeerState, cid: bytes) -> bool:
+        """Asking this peer for ``cid`` would be a guess: it is a downloader and never said HAVE for it."""
+        return state.partial and cid not in state.has
+
+    def _closed_to(self, state: PeerState, cid: bytes) -> bool:
+        """This peer cannot be asked for ``cid``: it lacks it, or it is a downloader already guessed at
+        by ``blind_asks`` others (each miss subscribes the asker to a HAVE, so a few are enough)."""
+        if cid in state.missing:
+            return True
+        return self._blind_for(state, cid) and self._blind.get(cid, 0) >= self.blind_asks
 
     def _pick(self, cid: bytes, exclude: list[Peer] | tuple[()]) -> Peer | None:
-        best: tuple[bool, int, int, int, Peer] | None = None
+        best: tuple[bool, bool, int, int, int, Peer] | None = None
         for peer, state in self._peers.items():
-            if len(state.open) >= self.window or cid in state.missing or peer in exclude:
+            if len(state.open) >= self.window or peer in exclude or self._closed_to(state, cid):
                 continue
-            # a peer that already failed this block comes last, then the least busy, most reliable
-            rank = (cid in state.cancelled, len(state.open), state.timeouts, state.received, peer)
+            # a peer that already failed this block comes last, then one that may well not have it
+            # (a downloader without a HAVE for it), then the least busy, the most reliable
+            blind = self._blind_for(state, cid)
+            rank = (cid in state.cancelled, blind, len(state.open), state.timeouts, state.received, peer)
             if best is None or rank < best:
                 best = rank
         return None if best is None else best[-1]
@@ -274,7 +301,8 @@ class FetchPlan:
         return all(len(state.open) >= self.window for state in self._peers.values())
 
     def unavailable(self) -> list[bytes]:
-        """Wanted blocks that no current peer can give (each said not found, or there are no peers)."""
+        """Wanted blocks that no current peer can give now (each said not found, or is a downloader
+        that may only say HAVE later, or there are no peers)."""
         if not self._flight and not self._peers:
             return list(self._queue)
-        return [cid for cid in self._queue if all(cid in s.missing for s in self._peers.values())]
+        return [cid for cid in self._queue if all(self._closed_to(s, cid) for s in self._peers.values())]

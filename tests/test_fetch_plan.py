@@ -198,3 +198,37 @@ def test_a_have_makes_a_peer_eligible_again_for_a_block_it_lacked() -> None:
     plan.received(other, first.cid)
     assert plan.done
     assert plan.have("nobody", first.cid) is False
+
+
+def test_downloaders_are_guessed_at_by_at_most_blind_asks_peers_per_block() -> None:
+    plan = FetchPlan(window=1, blind_asks=2, endgame_copies=1)
+    for peer in ("a", "b", "c", "seed"):
+        plan.add_peer(peer)
+    # a, b and c say NOT_FOUND for block 0: they are downloaders; the seed serves it
+    plan.want(CIDS[0])
+    asked = set()
+    while not plan.done:
+        (request,) = plan.next_requests()
+        if request.peer == "seed":
+            plan.received("seed", CIDS[0])
+        else:
+            asked.add(request.peer)
+            plan.not_found(request.peer, CIDS[0])
+    assert asked == {"a", "b", "c"}
+    # the seed is busy with block 1; block 2 may be guessed at only by two downloaders
+    plan.want(CIDS[1])
+    plan.want(CIDS[2])
+    first = plan.next_requests()
+    assert Request("seed", CIDS[1]) in first  # a peer that never said NOT_FOUND comes first
+    guesses = []
+    for _ in range(3):
+        for request in plan.next_requests() + [r for r in first if r.cid == CIDS[2]]:
+            guesses.append(request.peer)
+            plan.not_found(request.peer, request.cid)
+        first = []
+    assert len(guesses) == 2 and "seed" not in guesses
+    assert plan.next_requests() == []  # the third downloader is not guessed at; the seed is full
+    assert plan.unavailable() == []  # the seed may still give it
+    # a HAVE makes a downloader a sure source again, whatever the count
+    assert plan.have(guesses[0], CIDS[2]) is True
+    assert plan.next_requests() == [Request(guesses[0], CIDS[2])]
