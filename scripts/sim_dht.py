@@ -3,7 +3,7 @@
 
     scripts/sim_dht.py [--nodes 1000 10000] [--churn 0 10 30 50] [--lookups 1000] [--provides 200]
                        [--seed 1] [--rtt 0.1] [--dead timeout|refused] [--jobs N] [--json FILE]
-                       [--find-timeout 30] [--query-timeout 10]     # what-ifs; defaults are the real values
+                       [--find-timeout 30] [--query-timeout 3]      # what-ifs; defaults are the real values
 
 Measured per network size and churn level: hops per lookup (distribution and histogram), messages per
 lookup and per provide, and how often a lookup finds the provider record of a root once 10%, 30% or 50%
@@ -53,10 +53,11 @@ run). At start the script compares each function with the library's own on rando
 on any difference.
 
 Time is virtual (trio's ``MockClock``, autojump): an RPC to a live node takes ``--rtt`` x U(0.5, 1.5)
-seconds; a vanished node never answers, so the library's own ``QUERY_TIMEOUT`` (10 s) ends the query
+seconds; a vanished node never answers, so the query timeout ends the query (the library's
+``QUERY_TIMEOUT``, 10 s, which ``node/dht.py`` sets to ``DHT_QUERY_TIMEOUT`` = 3 s)
 and the peer stays in the routing table, since the library drops a peer only when its dial fails
 (``--dead refused``: the dial fails after one rtt instead, and the peer is dropped). A round waits for
-all its queries, so one vanished peer in a round costs the whole round 10 s. Lookups run one after
+all its queries, so one vanished peer in a round costs the whole round that timeout. Lookups run one after
 another, each with the library's concurrency inside it.
 
 The network and the experiment
@@ -140,6 +141,7 @@ sys.path.insert(0, str(ROOT))
 
 from node.dht import (  # noqa: E402
     BOOTSTRAP_LOOKUP_TIMEOUT,
+    DHT_QUERY_TIMEOUT,
     FIND_GRACE,
     FIND_LIMIT,
     FIND_TIMEOUT,
@@ -164,7 +166,7 @@ GOAL_SUCCESS = 0.99
 GOAL_SUCCESS_CHURN = 30
 
 log = logging.getLogger("sim_dht")
-_query_timeout = float(QUERY_TIMEOUT)  # --query-timeout (what-if) replaces the library's constant
+_query_timeout = DHT_QUERY_TIMEOUT  # the node's value; --query-timeout (what-if) replaces it
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -596,7 +598,7 @@ def install(query_timeout: float) -> None:
     """Swap the library's network I/O and its hot pure functions for the in-memory ones (this process)."""
     global _query_timeout
     _query_timeout = query_timeout
-    setattr(provider_store_module, "QUERY_TIMEOUT", query_timeout)  # noqa: B010 - the same (default: 10 s)
+    setattr(provider_store_module, "QUERY_TIMEOUT", query_timeout)  # noqa: B010 - as node/dht.py does
     setattr(KBucket, "__init__", _kbucket_init)  # noqa: B010
     setattr(ProviderStore, "_get_providers_from_peer_with_closers", _sim_get_providers_from_peer_with_closers)  # noqa: B010
     setattr(ProviderStore, "_send_add_provider", _sim_send_add_provider)  # noqa: B010
@@ -1119,8 +1121,9 @@ def main() -> int:
     parser.add_argument(
         "--query-timeout",
         type=float,
-        default=float(QUERY_TIMEOUT),
-        help="what-if: the library's QUERY_TIMEOUT",
+        default=DHT_QUERY_TIMEOUT,
+        help=f"what-if: the DHT query timeout (the node sets {DHT_QUERY_TIMEOUT:g} s; py-libp2p's default is "
+        f"{QUERY_TIMEOUT} s)",
     )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="scenarios run at once")
     parser.add_argument("--check-samples", type=int, default=500)
