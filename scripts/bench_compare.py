@@ -79,7 +79,8 @@ from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV = Path(os.environ.get("SEALBOX_VENV") or ROOT / ".venv")
+from _repo_venv import reexec_in_venv  # noqa: E402 - standard library only
+
 sys.path.insert(0, str(ROOT))
 
 # standard library only (and node.fsutil), so they import before the re-exec
@@ -128,13 +129,6 @@ class BenchError(Exception):
 
 class RunFailed(Exception):
     """One run of one case failed: recorded, and the benchmark goes on."""
-
-
-def _reexec_in_venv() -> None:
-    """Run under the repo's venv (it has sealbox and its dependencies), whatever python started us."""
-    python = VENV / "bin" / "python"
-    if Path(sys.prefix).resolve() != VENV.resolve() and python.exists():
-        os.execv(python, [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
 
 
 def _say(message: str) -> None:
@@ -1145,5 +1139,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _reexec_in_venv()
+    reexec_in_venv(__file__)
     sys.exit(main())

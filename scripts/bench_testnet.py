@@ -47,7 +47,8 @@ from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV = Path(os.environ.get("SEALBOX_VENV") or ROOT / ".venv")
+from _repo_venv import VENV, reexec_in_venv  # noqa: E402 - standard library only
+
 sys.path.insert(0, str(ROOT))
 
 from node.fsutil import FileWatch  # noqa: E402 - standard library only, so it imports before the re-exec
@@ -67,13 +68,6 @@ STREAM_FAILURE = "Failed to open stream to peer "
 
 class BenchError(Exception):
     """A failure that stops the benchmark, reported as one line on stderr (exit 1)."""
-
-
-def _reexec_in_venv() -> None:
-    """Run under the repo's venv (it has sealbox and its dependencies), whatever python started us."""
-    python = VENV / "bin" / "python"
-    if Path(sys.prefix).resolve() != VENV.resolve() and python.exists():
-        os.execv(python, [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
 
 
 def _sealbox() -> str:
@@ -774,5 +768,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _reexec_in_venv()
+    reexec_in_venv(__file__)
     sys.exit(main())

@@ -93,12 +93,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV = Path(os.environ.get("SEALBOX_VENV") or ROOT / ".venv")
+from _repo_venv import reexec_in_venv  # noqa: E402 - standard library only
 
 if __name__ == "__main__":
-    _python = VENV / "bin" / "python"
-    if Path(sys.prefix).resolve() != VENV.resolve() and _python.exists():
-        os.execv(_python, [str(_python), str(Path(__file__).resolve()), *sys.argv[1:]])
+    reexec_in_venv(__file__)
 
 import argparse  # noqa: E402
 import contextvars  # noqa: E402

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV = Path(os.environ.get("SEALBOX_VENV") or ROOT / ".venv")
+from _repo_venv import VENV, reexec_in_venv  # noqa: E402 - standard library only
+
 sys.path.insert(0, str(ROOT))
 
 from node.fsutil import FileWatch  # noqa: E402 - standard library only, so it imports before the re-exec
@@ -61,13 +62,6 @@ class TestnetError(Exception):
 
 class UsageError(TestnetError):
     """A refused request (exit 2)."""
-
-
-def _reexec_in_venv() -> None:
-    """Run under the repo's venv (it has sealbox and its dependencies), whatever python started us."""
-    python = VENV / "bin" / "python"
-    if Path(sys.prefix).resolve() != VENV.resolve() and python.exists():
-        os.execv(python, [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
 
 
 def _sealbox() -> str:
@@ -690,44 +684,39 @@ def build_parser() -> Parser:
     )
     status.set_defaults(func=cmd_status)
 
-    stop = sub.add_parser(
-        "stop",
-        parents=[common],
-        help="stop one node (SIGTERM, wait for it to exit)",
-        description=f"SIGTERM node NODE's daemon and wait for it to exit (SIGKILL after {STOP_GRACE:.0f} s).",
-    )
-    stop.add_argument("node", type=int, metavar="NODE", help="node number")
-    stop.set_defaults(func=cmd_stop)
-
-    start = sub.add_parser(
-        "start",
-        parents=[common],
-        help="start a stopped node again (same identity) and wait until it is ready",
-        description="Start node NODE's daemon again on its repo (same peer id), bootstrapping from node 0, "
-        "or from another running node if node 0 is stopped; wait until it is ready and joined.",
-    )
-    start.add_argument("node", type=int, metavar="NODE", help="node number")
-    start.set_defaults(func=cmd_start)
-
-    partition = sub.add_parser(
-        "partition",
-        parents=[common],
-        help="--netns: cut one node off the network (its link goes down)",
-        description="Set NODE's port on the testnet's bridge down: its link loses carrier and no packet "
-        "reaches it or leaves it, as when a cable is pulled (its connections stall and time out). Only for "
-        "a testnet started with 'up --netns'.",
-    )
-    partition.add_argument("node", type=int, metavar="NODE", help="node number")
-    partition.set_defaults(func=cmd_partition)
-
-    heal = sub.add_parser(
-        "heal",
-        parents=[common],
-        help="--netns: put a partitioned node back on the network",
-        description="Set NODE's port on the testnet's bridge up again.",
-    )
-    heal.add_argument("node", type=int, metavar="NODE", help="node number")
-    heal.set_defaults(func=cmd_heal)
+    node_commands: list[tuple[str, Callable[[argparse.Namespace], None], str, str]] = [
+        (
+            "stop",
+            cmd_stop,
+            "stop one node (SIGTERM, wait for it to exit)",
+            f"SIGTERM node NODE's daemon and wait for it to exit (SIGKILL after {STOP_GRACE:.0f} s).",
+        ),
+        (
+            "start",
+            cmd_start,
+            "start a stopped node again (same identity) and wait until it is ready",
+            "Start node NODE's daemon again on its repo (same peer id), bootstrapping from node 0, or from "
+            "another running node if node 0 is stopped; wait until it is ready and joined.",
+        ),
+        (
+            "partition",
+            cmd_partition,
+            "--netns: cut one node off the network (its link goes down)",
+            "Set NODE's port on the testnet's bridge down: its link loses carrier and no packet reaches it "
+            "or leaves it, as when a cable is pulled (its connections stall and time out). Only for a "
+            "testnet started with 'up --netns'.",
+        ),
+        (
+            "heal",
+            cmd_heal,
+            "--netns: put a partitioned node back on the network",
+            "Set NODE's port on the testnet's bridge up again.",
+        ),
+    ]
+    for name, func, help_text, description in node_commands:
+        command = sub.add_parser(name, parents=[common], help=help_text, description=description)
+        command.add_argument("node", type=int, metavar="NODE", help="node number")
+        command.set_defaults(func=func)
 
     down = sub.add_parser(
         "down",
@@ -767,5 +756,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _reexec_in_venv()
+    reexec_in_venv(__file__)
     sys.exit(main())
