@@ -85,6 +85,7 @@ BOOTSTRAP_LOOKUP_TIMEOUT = 10.0
 FIND_TIMEOUT = 30.0
 FIND_LIMIT = 20
 FIND_GRACE = 2.0  # seconds a lookup goes on for more providers once it knows one
+FIND_RETRY_FIRST = 0.5  # seconds before a lookup that found nothing is tried again (then doubling)
 # a DHT server (py-libp2p 0.8.1) takes at most 10 ADD_PROVIDER per 10 s from one peer and drops the rest
 PROVIDE_SPACING = 1.1
 CID_HEADER = 2  # CIDv1 version byte + raw codec byte, both single-byte varints
@@ -186,17 +187,29 @@ class Dht:
         """Up to ``limit`` distinct peers (not this one) that announced ``root``, found within ``timeout``.
 
         Once one provider is known, the lookup goes on for at most ``grace`` seconds more: a DHT peer that
-        does not answer (gone, cut off) must not hold up a fetch that already has somewhere to start.
-        Returns what was found when the deadline strikes, possibly ``[]``; never raises for a miss.
+        does not answer (gone, cut off) must not hold up a fetch that already has somewhere to start. A
+        lookup that ends with nothing (its peers all failed or knew nothing: the table may be stale, a
+        record may be on its way) is tried again, 0.5 s later and then at doubling intervals, until the
+        deadline. Returns what was found when the deadline strikes, possibly ``[]``; never raises for a miss.
         """
         if limit < 1:
             return []
-        key = provider_key(root)
+        deadline = trio.current_time() + timeout
+        pause = FIND_RETRY_FIRST
+        while True:
+            found = await self._find_once(provider_key(root), limit, deadline, grace)
+            left = deadline - trio.current_time()
+            if found or left <= 0:
+                return found[:limit]
+            await trio.sleep(min(pause, left))
+            pause *= 2
+
+    async def _find_once(self, key: bytes, limit: int, deadline: float, grace: float) -> list[Peer]:
         store = self.kad.provider_store
         found = _distinct(store.get_providers(key), self.host)
         if len(found) < limit:
             scratch = _Collector(self.host, self.kad, key, {p.peer_id for p in found}, limit)
-            with trio.move_on_after(timeout):
+            with trio.move_on_at(deadline):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(scratch.lookup, nursery.cancel_scope)
                     if not found:
@@ -205,7 +218,7 @@ class Dht:
                         await scratch.enough.wait()
                     nursery.cancel_scope.cancel()
             found = _distinct([*store.get_providers(key), *scratch.get_providers(key)], self.host)
-        return found[:limit]
+        return found
 
 
 class _Collector(ProviderStore):
