@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Protocol
+
+import pytest
 
 from node.repo import Repo
 from protocol.cid import cid_of
@@ -143,3 +148,62 @@ def one_error(result: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("sealbox: error: ")
     return lines[0]
+
+
+class LoggedProcess:
+    """A subprocess whose log (stderr) a thread reads line by line, so that a test waits for what the
+    process says it did (an event), never for a length of time. ``ended`` turns true once every process
+    holding the log has let go of it."""
+
+    log_timeout = 30.0  # seconds :meth:`wait_for` waits unless told otherwise
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.lines: list[str] = []
+        self.ended = False
+        self._changed = threading.Condition()
+        self.proc = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+        )
+        threading.Thread(target=self._read_log, daemon=True).start()
+
+    def _read_log(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self.ended = True
+            self._changed.notify_all()
+
+    def output(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float | None = None) -> re.Match[str]:
+        """The first log line matching ``pattern``; fails if the log ends or the timeout passes first."""
+        timeout = self.log_timeout if timeout is None else timeout
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if match := regex.search(line):
+                        return match
+                if self.ended:
+                    pytest.fail(
+                        f"the log ended ({self.proc.poll()}) before {pattern!r}: {''.join(self.lines)}"
+                    )
+                if not self._changed.wait(deadline - time.monotonic()):
+                    pytest.fail(f"no {pattern!r} in the log within {timeout} s: {''.join(self.lines)}")
+
+    def wait_ended(self, timeout: float) -> bool:
+        """Whether the log ended within ``timeout`` seconds."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.ended, timeout=timeout)

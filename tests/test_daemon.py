@@ -13,8 +13,6 @@ import re
 import signal
 import socket
 import stat
-import subprocess
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -31,62 +29,21 @@ from node.errors import ApiError, ConfigError, RepoError
 from node.host import peer_id_of
 from node.identity import load_or_create_identity
 from protocol.link import parse_link
-from tests.helpers import SEALBOX, RunCli, ok, one_error
+from tests.helpers import SEALBOX, LoggedProcess, RunCli, ok, one_error
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 
 
-class Daemon:
-    """A ``sealbox daemon`` subprocess on ``repo``. A thread reads its log (stderr) line by line, so a
-    test waits for what the daemon says it did (an event), never for a length of time."""
+class Daemon(LoggedProcess):
+    """A ``sealbox daemon`` subprocess on ``repo``; the test waits on what its log says."""
+
+    log_timeout = READY_TIMEOUT
 
     def __init__(self, repo: Path, home: Path, *flags: str) -> None:
         self.repo = repo
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
         env = {k: v for k, v in os.environ.items() if k != "SEALBOX_REPO"} | {"HOME": str(home)}
-        self.proc = subprocess.Popen(
-            [SEALBOX, "--repo", str(repo), "daemon", *flags],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            text=True,
-            errors="replace",
-        )
-        threading.Thread(target=self._read_log, daemon=True).start()
-
-    def _read_log(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self.lines.append("")  # end of the log
-            self._changed.notify_all()
-
-    def output(self) -> str:
-        with self._changed:
-            return "".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = READY_TIMEOUT) -> str:
-        """Block until a log line matches ``pattern``; fail if the log ends or ``timeout`` passes first."""
-        regex = re.compile(pattern)
-        seen = 0
-        with self._changed:
-            while True:
-                for line in self.lines[seen:]:
-                    if regex.search(line):
-                        return line
-                    if line == "":
-                        pytest.fail(f"the daemon exited ({self.proc.poll()}) before logging {pattern!r}")
-                seen = len(self.lines)
-                if not self._changed.wait(timeout):
-                    pytest.fail(
-                        f"the daemon did not log {pattern!r} within {timeout} s: {''.join(self.lines)}"
-                    )
+        super().__init__([SEALBOX, "--repo", str(repo), "daemon", *flags], env)
 
     def wait_ready(self) -> dict[str, Any]:
         self.wait_for(r"ready: peer ")

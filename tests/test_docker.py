@@ -21,8 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.helpers import LoggedProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -370,61 +370,29 @@ def test_a_peer_gives_up_on_a_missing_bootstrap_address_with_a_clear_error(stub_
     assert "not a multiaddr" in failure(entrypoint(env, "daemon"))
 
 
-class Node:
-    """The entrypoint in one role as a subprocess (it becomes ``sealbox daemon``). A thread reads its
-    log (stderr) line by line, so the test waits for what it says, never for a length of time."""
+def status_of(env: dict[str, str]) -> dict[str, Any]:
+    """``sealbox status --json`` on the repo ``env`` names (SEALBOX_REPO)."""
+    result = subprocess.run(
+        ["sealbox", "status", "--json"], env=env, capture_output=True, text=True, timeout=30, check=True
+    )
+    status: dict[str, Any] = json.loads(result.stdout)
+    return status
+
+
+class Node(LoggedProcess):
+    """The entrypoint in one role as a subprocess (it becomes ``sealbox daemon``); the test waits on what
+    its log says."""
+
+    log_timeout = LOG_TIMEOUT
 
     def __init__(self, role: str, env: dict[str, str]) -> None:
-        self.lines: list[str] = []
-        self.ended = False
-        self._changed = threading.Condition()
-        self.proc = subprocess.Popen(
-            [str(ENTRYPOINT), role],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-        )
-        threading.Thread(target=self._read_log, daemon=True).start()
-
-    def _read_log(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self.ended = True  # every process holding the log (the daemon, the address writer) is gone
-            self._changed.notify_all()
-
-    def output(self) -> str:
-        with self._changed:
-            return "".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = LOG_TIMEOUT) -> re.Match[str]:
-        """The first log line matching ``pattern``; fails if the log ends or ``timeout`` passes first."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if match := regex.search(line):
-                        return match
-                if self.ended:
-                    pytest.fail(
-                        f"the log ended ({self.proc.poll()}) before {pattern!r}: {''.join(self.lines)}"
-                    )
-                if not self._changed.wait(deadline - time.monotonic()):
-                    pytest.fail(f"no {pattern!r} in the log within {timeout} s: {''.join(self.lines)}")
+        super().__init__([str(ENTRYPOINT), role], env)
 
     def exit_status(self) -> int:
         """Its exit status once it has exited and its log has ended (send SIGTERM first)."""
         code = self.proc.wait(timeout=STOP_TIMEOUT)
-        with self._changed:
-            if not self._changed.wait_for(lambda: self.ended, timeout=STOP_TIMEOUT):
-                pytest.fail("a process still holds the node's log after it stopped")
+        if not self.wait_ended(STOP_TIMEOUT):  # the address writer must not outlive the daemon
+            pytest.fail("a process still holds the node's log after it stopped")
         return code
 
 
@@ -473,32 +441,14 @@ def test_the_bootstrap_passes_its_address_to_a_peer_through_the_shared_file(
     assert written.group(2) == str(addr_file)
     address = written.group(1)
     assert addr_file.read_text() == address + "\n"
-    status = json.loads(
-        subprocess.run(
-            ["sealbox", "status", "--json"],
-            env=boot_env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-    )
+    status = status_of(boot_env)
     match = ADDR_RE.fullmatch(address)
     assert match is not None and match.group(2) == status["peer_id"] and address in status["addrs"]
     assert not list(shared.glob("*.tmp.*")), "the address is written under a temp name, then renamed"
 
     assert peer.wait_for(r"joining through (\S+)").group(1) == address
     peer.wait_for(r"bootstrap: reached 1 of 1 peer")
-    peer_status = json.loads(
-        subprocess.run(
-            ["sealbox", "status", "--json"],
-            env=peer_env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-    )
+    peer_status = status_of(peer_env)
     assert peer_status["peers"] >= 1
     assert healthy(boot_env)
 
