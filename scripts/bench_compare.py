@@ -69,7 +69,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Sequence
@@ -1106,16 +1105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench_compare: error: {exc}", file=sys.stderr)
         return 1
-    if args.keep is not None:
-        work = args.keep.absolute()
-        if work.exists() and any(work.iterdir()):
-            print(
-                f"bench_compare: error: {work} is not empty: name a new or empty directory", file=sys.stderr
-            )
-            return 2
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        work = Path(tempfile.mkdtemp(prefix="sealbox-cmp-"))
+    try:
+        work = bt.work_dir(args.keep, "sealbox-cmp-")
+    except bt.BenchError as exc:
+        print(f"bench_compare: error: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _interrupt)
     started = Started(keep=args.keep is not None)
     start = time.monotonic()

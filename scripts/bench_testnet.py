@@ -734,18 +734,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def work_dir(keep: Path | None, prefix: str) -> Path:
+    """Where a benchmark works: ``keep`` (new or empty, kept afterwards), else a new temp directory."""
+    if keep is None:
+        return Path(tempfile.mkdtemp(prefix=prefix))
+    root = keep.absolute()
+    if root.exists() and any(root.iterdir()):
+        raise BenchError(f"{root} is not empty: name a new or empty directory")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.dir is not None:
-        root = args.dir.absolute()
-        if root.exists() and any(root.iterdir()):
-            print(
-                f"bench_testnet: error: {root} is not empty: name a new or empty directory", file=sys.stderr
-            )
-            return 2
-        root.mkdir(parents=True, exist_ok=True)
-    else:
-        root = Path(tempfile.mkdtemp(prefix="sealbox-bt-"))
+    try:
+        root = work_dir(args.dir, "sealbox-bt-")
+    except BenchError as exc:
+        print(f"bench_testnet: error: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _interrupt)
     gets: list[Get] = []
     try:

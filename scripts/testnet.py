@@ -583,22 +583,24 @@ def cmd_start(args: argparse.Namespace) -> None:
     print(f"node {node.index} running: peer {node.peer_id} at {node.addr}{joined}")
 
 
-def cmd_partition(args: argparse.Namespace) -> None:
+def _cmd_link(args: argparse.Namespace, *, up: bool) -> None:
     root = Path(args.dir).absolute()
     net = _load(root)
     node = _node(net.nodes, args.node)
-    _set_link(net, node, up=False)
+    _set_link(net, node, up=up)
     _save(root, net)
-    print(f"node {node.index} partitioned: its link is down, nothing reaches it or leaves it")
+    if up:
+        print(f"node {node.index} healed: its link is up again")
+    else:
+        print(f"node {node.index} partitioned: its link is down, nothing reaches it or leaves it")
+
+
+def cmd_partition(args: argparse.Namespace) -> None:
+    _cmd_link(args, up=False)
 
 
 def cmd_heal(args: argparse.Namespace) -> None:
-    root = Path(args.dir).absolute()
-    net = _load(root)
-    node = _node(net.nodes, args.node)
-    _set_link(net, node, up=True)
-    _save(root, net)
-    print(f"node {node.index} healed: its link is up again")
+    _cmd_link(args, up=True)
 
 
 def cmd_down(args: argparse.Namespace) -> None:
