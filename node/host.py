@@ -263,6 +263,13 @@ async def _close(host: IHost) -> None:
         await host.close()
 
 
+def _unblock(host: IHost, peer_id: ID) -> None:
+    """Lift the swarm's 60 s refusal of a peer whose addresses all failed (see the module docstring)."""
+    unblock = getattr(host.get_network(), "unblock_peer", None)
+    if unblock is not None:
+        unblock(peer_id)
+
+
 async def connect(host: IHost, target: str | Peer) -> str:
     """Connect to a peer (a full multiaddr, or a :class:`Peer`); return its peer id.
 
@@ -282,9 +289,7 @@ async def connect(host: IHost, target: str | Peer) -> str:
         raise NetworkError("cannot connect to this node itself")
     # An explicit connect is a deliberate try (a user's get, a bootstrap): lift the swarm's 60 s block on
     # a peer whose addresses all failed before, so a peer that came back (restarted, healed) is dialed.
-    unblock = getattr(host.get_network(), "unblock_peer", None)
-    if unblock is not None:
-        unblock(info.peer_id)
+    _unblock(host, info.peer_id)
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
             await host.connect(info)
@@ -324,9 +329,7 @@ async def open_stream_redialing(host: IHost, peer_id: str, protocol: str) -> INe
     pid = ID.from_base58(peer_id)
     with trio.move_on_after(CLOSE_TIMEOUT), suppress(*_NET_ERRORS):
         await host.disconnect(pid)
-    unblock = getattr(host.get_network(), "unblock_peer", None)
-    if unblock is not None:
-        unblock(pid)
+    _unblock(host, pid)
     return await open_stream(host, peer_id, protocol)
 
 
