@@ -424,7 +424,10 @@ async def _run_fetch(
     request_timeout: float,
     on_block: Callable[[bytes, str], None] | None,
 ) -> None:
-    """The fetch loop. ``opening`` holds the peers whose streams are still being opened."""
+    """The fetch loop. ``opening`` holds the peers whose streams are still being opened.
+
+    It takes every event that has arrived before it asks for more blocks, and writes each peer's new
+    requests in one piece: a socket write on loopback costs as much as a whole block's Python work."""
     uncommitted = 0
     last_commit = trio.current_time()
 
@@ -439,17 +442,89 @@ async def _run_fetch(
             await _reset(session.stream)
 
     async def send_requests() -> None:
+        batches: dict[str, list[bytes]] = {}
         for request in plan.next_requests():
-            session = sessions.get(request.peer)
-            if session is None:  # dropped while an earlier request of this batch was written: the
-                continue  # plan has put its requests back in the queue already
+            session = sessions[request.peer]  # the plan only asks peers that have a session
             number = session.next_request
             session.next_request = (number + 1) & MAX_REQUEST_ID
             session.open[number] = (request.cid, trio.current_time())
+            batches.setdefault(request.peer, []).append(encode_message(Want(number, request.cid)))
+        for peer, wants in batches.items():
+            receiver = sessions.get(peer)
+            if receiver is None:  # dropped while an earlier batch was written: the plan has put its
+                continue  # requests back in the queue already
             try:
-                await session.stream.write(encode_message(Want(number, request.cid)))
+                await receiver.stream.write(b"".join(wants))
             except _STREAM_ERRORS:
-                await drop(request.peer, bad=False)
+                await drop(peer, bad=False)
+
+    async def handle(peer: str, message: Message | _Opened | _Stored | _Corrupt | None) -> None:
+        nonlocal uncommitted, last_commit
+        if isinstance(message, _Opened):
+            opening.discard(peer)
+            return
+        if message is None:  # a stream failed to open, ended or broke
+            opening.discard(peer)
+            await drop(peer, bad=False)
+            return
+        session = sessions.get(peer)
+        if session is None:
+            return
+        session.last_answer = trio.current_time()
+        if isinstance(message, Have):  # the peer got a block it said it lacked
+            cid_had = session.not_found.pop(message.request, None)
+            if cid_had is not None and plan.have(peer, cid_had):
+                stats.haves += 1
+            return
+        if isinstance(message, Block | NotFound | _Stored | _Corrupt) and message.request in session.ignored:
+            session.ignored.discard(message.request)
+            return
+        if isinstance(message, _Stored | _Corrupt):
+            stats.bytes += message.size
+        if isinstance(message, _Corrupt):
+            log.info("block exchange: %s sent a corrupted block; dropping it", peer)
+            await drop(peer, bad=True)
+            return
+        entry = None
+        if isinstance(message, NotFound | _Stored):
+            entry = session.open.pop(message.request, None)
+        if entry is None:
+            await drop(peer, bad=True)  # a reply to nothing, or a request sent to us
+            return
+        cid = entry[0]
+        if isinstance(message, NotFound):
+            plan.not_found(peer, cid)
+            session.not_found[message.request] = cid
+            while len(session.not_found) > MAX_WAITING:
+                del session.not_found[next(iter(session.not_found))]
+            return
+        try:
+            cancels = plan.received(peer, cid)
+        except UnrequestedBlockError:
+            await drop(peer, bad=True)
+            return
+        stats.blocks += 1
+        stats.received_from[peer] = stats.received_from.get(peer, 0) + 1
+        uncommitted += 1
+        now = trio.current_time()
+        if uncommitted >= COMMIT_EVERY or now - last_commit >= COMMIT_INTERVAL:
+            last_commit = now
+            await trio.to_thread.run_sync(writer.commit)
+            uncommitted = 0
+        if on_block is not None:
+            on_block(cid, peer)
+        for cancel in cancels:
+            other = sessions.get(cancel.peer)
+            if other is None:
+                continue
+            for number, (open_cid, _) in list(other.open.items()):
+                if open_cid == cancel.cid:
+                    del other.open[number]
+                    other.ignored.add(number)
+                    try:
+                        await other.stream.write(encode_message(Cancel(number)))
+                    except _STREAM_ERRORS:
+                        await drop(cancel.peer, bad=False)
 
     while True:
         await send_requests()
@@ -473,76 +548,15 @@ async def _run_fetch(
         # has stalled only when it has answered nothing for a whole timeout while requests were open.
         deadlines = [_stall_deadline(s, request_timeout) for s in sessions.values() if s.open]
         timeout = max(0.0, min(deadlines) - trio.current_time()) if deadlines else float("inf")
+        events: list[_Event] = []
         with trio.move_on_after(timeout):
-            peer, message = await receive.receive()
-            if isinstance(message, _Opened):
-                opening.discard(peer)
-                continue
-            if message is None:  # a stream failed to open, ended or broke
-                opening.discard(peer)
-                await drop(peer, bad=False)
-                continue
-            session = sessions.get(peer)
-            if session is None:
-                continue
-            session.last_answer = trio.current_time()
-            if isinstance(message, Have):  # the peer got a block it said it lacked
-                cid_had = session.not_found.pop(message.request, None)
-                if cid_had is not None and plan.have(peer, cid_had):
-                    stats.haves += 1
-                continue
-            if (
-                isinstance(message, Block | NotFound | _Stored | _Corrupt)
-                and message.request in session.ignored
-            ):
-                session.ignored.discard(message.request)
-                continue
-            if isinstance(message, _Stored | _Corrupt):
-                stats.bytes += message.size
-            if isinstance(message, _Corrupt):
-                log.info("block exchange: %s sent a corrupted block; dropping it", peer)
-                await drop(peer, bad=True)
-                continue
-            entry = None
-            if isinstance(message, NotFound | _Stored):
-                entry = session.open.pop(message.request, None)
-            if entry is None:
-                await drop(peer, bad=True)  # a reply to nothing, or a request sent to us
-                continue
-            cid = entry[0]
-            if isinstance(message, NotFound):
-                plan.not_found(peer, cid)
-                session.not_found[message.request] = cid
-                while len(session.not_found) > MAX_WAITING:
-                    del session.not_found[next(iter(session.not_found))]
-                continue
-            try:
-                cancels = plan.received(peer, cid)
-            except UnrequestedBlockError:
-                await drop(peer, bad=True)
-                continue
-            stats.blocks += 1
-            stats.received_from[peer] = stats.received_from.get(peer, 0) + 1
-            uncommitted += 1
-            now = trio.current_time()
-            if uncommitted >= COMMIT_EVERY or now - last_commit >= COMMIT_INTERVAL:
-                last_commit = now
-                await trio.to_thread.run_sync(writer.commit)
-                uncommitted = 0
-            if on_block is not None:
-                on_block(cid, peer)
-            for cancel in cancels:
-                other = sessions.get(cancel.peer)
-                if other is None:
-                    continue
-                for number, (open_cid, _) in list(other.open.items()):
-                    if open_cid == cancel.cid:
-                        del other.open[number]
-                        other.ignored.add(number)
-                        try:
-                            await other.stream.write(encode_message(Cancel(number)))
-                        except _STREAM_ERRORS:
-                            await drop(cancel.peer, bad=False)
+            events.append(await receive.receive())
+        if events:
+            with contextlib.suppress(trio.WouldBlock):  # and whatever else has arrived meanwhile
+                while True:
+                    events.append(receive.receive_nowait())
+            for peer, message in events:
+                await handle(peer, message)
             continue
         # the nearest deadline passed: a peer stalled
         now = trio.current_time()
