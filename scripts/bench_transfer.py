@@ -4,12 +4,13 @@
 A SIZE random file is added to one repo and copied to PROVIDERS repos; each provider is a process of its
 own serving ``/sealbox/blocks/1.0.0`` (node/exchange.py) from its repo; a fetcher process connects to
 them and fetches every block into an empty repo. Printed: MB/s from the fetcher's first dial to the last
-block stored (1 MB = 10^6 bytes), bytes received / file size, the fetcher's peak RSS, and the ratio to a
+block stored (1 MB = 10^6 bytes), bytes received / file size, the fetcher's peak RSS, the CPU the
+fetcher and the providers used (cores: CPU seconds per second of the fetch), and the ratio to a
 single raw noise+yamux libp2p stream between two processes measured in the same run
 (scripts/bench_stream.py).
 
-Until the daemon lands (issue 3), providers and fetcher are this script in a serving or fetching mode,
-driving the same modules the daemon will.
+Providers and fetcher are this script in a serving or fetching mode, driving the modules the daemon
+uses (node/exchange.py over node/host.py) without the DHT: the fetcher is given the providers' addresses.
 
     scripts/bench_transfer.py [--size 256MiB] [--providers 1 --providers 4] [--json FILE]
 
@@ -51,12 +52,15 @@ def parse_size(text: str) -> int:
 
 
 async def serve(repo_path: Path) -> None:
-    """Serve blocks until stdin closes; print the listen address first."""
+    """Serve blocks until stdin closes; print the listen address first, the CPU seconds spent serving
+    last."""
     repo = Repo.open(repo_path, create=False)
     async with open_host(new_identity()) as host:
         BlockServer(repo.blocks).install(host)
+        cpu_start = _cpu_seconds()
         print(listen_addrs(host)[0], flush=True)
         await trio.to_thread.run_sync(sys.stdin.read)
+        print(_cpu_seconds() - cpu_start, flush=True)
 
 
 async def fetch(repo_path: Path, peers: list[str], cids: list[bytes]) -> dict[str, object]:
@@ -129,11 +133,18 @@ def run_transfer(
         )
         stats: dict[str, object] = json.loads(result.stdout)
         shutil.rmtree(fetcher_repo)
+        serving_cpu = 0.0
+        for proc in procs:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.close()
+            serving_cpu += float(proc.stdout.readline())
+        stats["providers_cpu_per_wall"] = serving_cpu / float(str(stats["seconds"]))
         return stats
     finally:
         for proc in procs:
             assert proc.stdin is not None
-            proc.stdin.close()
+            if not proc.stdin.closed:
+                proc.stdin.close()
         for proc in procs:
             proc.wait(timeout=30)
         for i in range(providers):
@@ -189,6 +200,7 @@ def main() -> None:
                 "blocks_per_provider": stats["per_peer"],
                 "fetcher_peak_rss_mb": round(int(str(stats["peak_rss"])) / MB, 1),
                 "fetcher_cpu_per_wall": round(float(str(stats["cpu_per_wall"])), 2),
+                "providers_cpu_per_wall": round(float(str(stats["providers_cpu_per_wall"])), 2),
             }
             rows.append(row)
             print(
@@ -196,7 +208,8 @@ def main() -> None:
                 f" received {row['bytes_received_per_file_byte']} x file size,"
                 f" blocks per provider {row['blocks_per_provider']},"
                 f" fetcher RSS {row['fetcher_peak_rss_mb']:.0f} MB,"
-                f" fetcher CPU {row['fetcher_cpu_per_wall']} core(s)"
+                f" CPU: fetcher {row['fetcher_cpu_per_wall']}, providers"
+                f" {row['providers_cpu_per_wall']} core(s)"
             )
         if args.json:
             args.json.write_text(
