@@ -78,6 +78,7 @@ from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+from _readme import README, WRAP, markers, update_block  # noqa: E402 - standard library only
 from _repo_venv import reexec_in_venv  # noqa: E402 - standard library only
 
 sys.path.insert(0, str(ROOT))
@@ -95,10 +96,7 @@ UP_TIMEOUT = 300.0
 DOWN_TIMEOUT = 120.0
 SEED_TIMEOUT = 180.0  # seconds for aria2c's seeder to hash-check the file and announce it complete
 STOP_GRACE = 10.0
-README = ROOT / "README.md"
-MARK_START = "<!-- bench_compare -->"
-MARK_END = "<!-- /bench_compare -->"
-WRAP = 105  # README.md's paragraphs are wrapped at about this width
+MARK_START, MARK_END = markers("bench_compare")
 PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "ftp_proxy", "no_proxy"}
 TOOLS = {"aria2c": "aria2", "mktorrent": "mktorrent", "curl": "curl"}
 CASES = ("sealbox-1", "aria2c-1", "http-1", "stream-1", "sealbox-4", "aria2c-4")
@@ -1000,21 +998,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(text: str, block: str) -> str:
-    """``text`` with ``block`` between the markers, or, without them, at the end of the Performance
-    section (a new section at the end when there is none)."""
-    start, end = text.find(MARK_START), text.find(MARK_END)
-    if start >= 0 and end > start:
-        return text[:start] + block + text[end + len(MARK_END) :]
-    heading = re.search(r"^## Performance[ \t]*$", text, re.MULTILINE)
-    if heading is None:
-        return text.rstrip("\n") + "\n\n## Performance\n\n" + block + "\n"
-    following = re.compile(r"^## ", re.MULTILINE).search(text, heading.end())
-    cut = following.start() if following else len(text)
-    before, after = text[:cut].rstrip("\n"), text[cut:]
-    return before + "\n\n" + block + "\n" + ("\n" + after if after else "")
-
-
 # -- command line --------------------------------------------------------------------------------------
 
 
@@ -1078,7 +1061,7 @@ def finish(args: argparse.Namespace, result: dict[str, Any]) -> None:
         print("\n--- README.md block (--readme would write this) ---")
         print(markdown(result))
     if args.readme:
-        README.write_text(update_readme(README.read_text(), markdown(result)))
+        README.write_text(update_block(README.read_text(), "bench_compare", markdown(result)))
         print(f"\nREADME.md: Performance section updated ({MARK_START} ... {MARK_END})")
 
 

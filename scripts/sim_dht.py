@@ -4,6 +4,11 @@
     scripts/sim_dht.py [--nodes 1000 10000] [--churn 0 10 30 50] [--lookups 1000] [--provides 200]
                        [--seed 1] [--rtt 0.1] [--dead timeout|refused] [--jobs N] [--json FILE]
                        [--find-timeout 30] [--query-timeout 3]      # what-ifs; defaults are the real values
+                       [--readme | --readme-preview] [--from-json FILE]
+
+``--readme`` rewrites the block between ``<!-- sim_dht -->`` and ``<!-- /sim_dht -->`` in README.md's
+Performance section with this run's table (``--readme-preview`` prints it instead); with ``--from-json``
+the block comes from an earlier run's ``--json`` file and nothing is simulated.
 
 Measured per network size and churn level: hops per lookup (distribution and histogram), messages per
 lookup and per provide, and how often a lookup finds the provider record of a root once 10%, 30% or 50%
@@ -93,6 +98,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+from _readme import README, WRAP, markers, update_block  # noqa: E402 - standard library only
 from _repo_venv import reexec_in_venv  # noqa: E402 - standard library only
 
 if __name__ == "__main__":
@@ -100,6 +106,7 @@ if __name__ == "__main__":
 
 import argparse  # noqa: E402
 import contextvars  # noqa: E402
+import datetime  # noqa: E402
 import gc  # noqa: E402
 import hashlib  # noqa: E402
 import heapq  # noqa: E402
@@ -111,6 +118,7 @@ import multiprocessing  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
 import resource  # noqa: E402
+import textwrap  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -1061,6 +1069,68 @@ def print_scenario(s: dict[str, Any]) -> None:
     print(f"{ind}(scenario CPU {s['cpu_seconds']} s, peak RSS {s['peak_rss_mb']} MB)")
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The README block (markers included) for a run's report."""
+    start, end = markers("sim_dht")
+    p, info = report["parameters"], report["machine"]
+    sizes = " and ".join(f"{n['nodes']:,}" for n in report["networks"])
+    intro = (
+        "`scripts/sim_dht.py` runs the DHT we run (py-libp2p's `KadDHT`, routing tables and lookups, in our "
+        f"`node.dht.Dht`) on {sizes} simulated nodes in one process, over an in-memory transport with "
+        f"virtual time (an RPC takes {0.5 * p['rtt_s']:g}-{1.5 * p['rtt_s']:g} s; a vanished node never "
+        f"answers, and a query gives up after {p['query_timeout_s']:g} s). Each node joins through an "
+        f"earlier one; then {'-'.join(str(c) for c in (min(p['churn_percent']), max(p['churn_percent'])))}% "
+        f"of the nodes vanish, without any repair, and {p['lookups']:,} lookups of announced roots run "
+        f"from random live nodes. Run {report['date'][:10]} on {info['cpus']} cores ({info['cpu_model']}), "
+        f"Python {info['python']}, libp2p {info['libp2p']}, {report['wall_seconds']:.0f} s; seed "
+        f"{p['seed']}; medians (p90):"
+    )
+    lines = [start, "", textwrap.fill(intro, WRAP, break_on_hyphens=False), ""]
+    lines += [
+        "| nodes, churn | lookups that found the provider | hops: rounds (path hops) | messages per lookup "
+        "| time to the record |",
+        "|---|---|---|---|---|",
+    ]
+    provide_costs = []
+    for net in report["networks"]:
+        for s in net["scenarios"]:
+            lines.append(
+                f"| {net['nodes']:,}, {s['churn_percent']}% | {100 * s['success_rate']:.1f}%"
+                f" | {_fmt(s['hops']['median'])} ({_fmt(s['path_hops']['median'])})"
+                f" | {_fmt(s['messages_to_record']['median'])} ({_fmt(s['messages_to_record']['p90'])})"
+                f" | {s['seconds_to_record']['median']:.2f} s |"
+            )
+        calm = [s for s in net["scenarios"] if s["churn_percent"] == 0 and s["messages_per_provide"]]
+        if calm:
+            median = _fmt(calm[0]["messages_per_provide"]["median"])
+            provide_costs.append(f"{median} at {net['nodes']:,} nodes")
+    if provide_costs:
+        provide_costs[0] = provide_costs[0].replace(" at ", " messages at ", 1)
+    notes = []
+    if provide_costs:
+        notes.append(
+            "A provide (lookup + 20 ADD_PROVIDER) costs a median of " + " and ".join(provide_costs) + "."
+        )
+    notes.append(
+        '"Rounds" counts every round of parallel queries until the record arrives: py-libp2p first '
+        "completes a FIND_NODE lookup, then asks GET_PROVIDERS, so rounds exceed the classic path length "
+        "(path hops: the chain of answers that led to the record's holder)."
+    )
+    for goal in report.get("goals", []):
+        notes.append(f"Goal {goal['goal']}: {'met' if goal['pass'] else 'NOT met'} ({goal['value']}).")
+    lines += ["", textwrap.fill(" ".join(notes), WRAP, break_on_hyphens=False), "", end]
+    return "\n".join(lines)
+
+
+def publish(report: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.readme_preview:
+        print("\n--- README.md block (--readme would write this) ---")
+        print(markdown(report))
+    if args.readme:
+        README.write_text(update_block(README.read_text(), "sim_dht", markdown(report)))
+        print("\nREADME.md: Performance section updated (<!-- sim_dht --> ... <!-- /sim_dht -->)")
+
+
 def machine() -> dict[str, Any]:
     model = ""
     try:
@@ -1127,9 +1197,22 @@ def main() -> int:
     parser.add_argument("--check-samples", type=int, default=500)
     parser.add_argument("--progress", action="store_true", help="report joins on stderr")
     parser.add_argument("--json", type=Path)
+    readme = parser.add_mutually_exclusive_group()
+    readme.add_argument("--readme", action="store_true", help="rewrite the sim_dht block of README.md")
+    readme.add_argument("--readme-preview", action="store_true", help="print that block instead")
+    parser.add_argument("--from-json", type=Path, metavar="FILE", help="publish an earlier run's --json")
     args = parser.parse_args()
     if args.lookups < 1:
         parser.error("--lookups must be at least 1")
+    if args.from_json:
+        try:
+            loaded: dict[str, Any] = json.loads(args.from_json.read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"--from-json: {exc}")
+        day = datetime.datetime.fromtimestamp(args.from_json.stat().st_mtime, datetime.UTC)
+        loaded.setdefault("date", day.isoformat(timespec="seconds"))  # files from before "date"
+        publish(loaded, args)
+        return 0
 
     wall0 = time.perf_counter()
     install(args.query_timeout)
@@ -1176,7 +1259,8 @@ def main() -> int:
         "hops = rounds of parallel RPCs until the provider record arrived"
         " (FIND_NODE rounds + GET_PROVIDERS batches)"
     )
-    report: dict[str, Any] = {"machine": info, "parameters": params, "networks": []}
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    report: dict[str, Any] = {"date": date, "machine": info, "parameters": params, "networks": []}
     goal_rows: list[tuple[str, bool, str]] = []
     for n in args.nodes:
         print(f"\n=== {n:,} nodes ===")
@@ -1259,6 +1343,7 @@ def main() -> int:
     print(f"\nrun time: {wall:.0f} s wall")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    publish(report, args)
     return 0
 
 
