@@ -10,7 +10,6 @@ feeds the scheduler, sends requests, enforces deadlines, verifies and stores wha
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -387,6 +386,20 @@ class _Corrupt:
     size: int
 
 
+def _store_all(writer: PackWriter, blocks: list[tuple[bytes, Block]]) -> list[bool]:
+    """In a worker thread: verify and store each ``(cid, block)`` in order; True for each stored, then
+    False for the first that does not hash to its CID (nothing after it is stored)."""
+    outcome = []
+    for cid, block in blocks:
+        try:
+            writer.put(cid, block.data)
+        except CorruptBlockError:
+            outcome.append(False)
+            break
+        outcome.append(True)
+    return outcome
+
+
 async def _read_replies(session: _Session, writer: PackWriter, send: trio.MemorySendChannel[_Event]) -> None:
     """Read a provider's replies; verify and store each block here, so providers' blocks are hashed
     and written in parallel, and hand the outcome to the fetch loop."""
@@ -395,18 +408,24 @@ async def _read_replies(session: _Session, writer: PackWriter, send: trio.Memory
     async with send:
         try:
             while data := await session.stream.read(READ_SIZE):
+                # the blocks of one read are stored in one trip to a worker thread (waking a thread
+                # costs about as much as hashing a block); every message keeps its place in the order
+                replies: list[Message | tuple[bytes, Block]] = []
                 for message in decoder.feed(data):
                     entry = session.open.get(message.request) if isinstance(message, Block) else None
-                    if isinstance(message, Block) and entry is not None:
-                        store = functools.partial(writer.put, entry[0], message.data)
-                        try:
-                            await trio.to_thread.run_sync(store)
-                        except CorruptBlockError:
-                            await send.send((peer, _Corrupt(message.request, len(message.data))))
-                            return
-                        await send.send((peer, _Stored(message.request, len(message.data))))
-                    else:
-                        await send.send((peer, message))
+                    replies.append((entry[0], message) if isinstance(message, Block) and entry else message)
+                blocks = [reply for reply in replies if isinstance(reply, tuple)]
+                outcome = await trio.to_thread.run_sync(_store_all, writer, blocks) if blocks else []
+                stored = iter(outcome)
+                for reply in replies:
+                    if not isinstance(reply, tuple):
+                        await send.send((peer, reply))
+                        continue
+                    block = reply[1]
+                    if not next(stored):
+                        await send.send((peer, _Corrupt(block.request, len(block.data))))
+                        return
+                    await send.send((peer, _Stored(block.request, len(block.data))))
         except (MessageError, *_STREAM_ERRORS):
             pass
         finally:

@@ -162,6 +162,50 @@ async def test_a_peer_serving_corrupted_blocks_is_dropped_and_nothing_bad_is_sto
     assert out.path.read_bytes() == (tmp_path / "sample.bin").read_bytes()
 
 
+def mixed_handler(repo: Repo) -> Callable[[INetStream], Awaitable[None]]:
+    """A peer that answers the requests of each read in one write, with the true blocks except for the
+    second block it is asked for, which it replaces by wrong bytes."""
+    asked = 0
+
+    async def handle(stream: INetStream) -> None:
+        nonlocal asked
+        decoder = FrameDecoder()
+        while True:
+            try:
+                data = await stream.read(1 << 16)
+            except Exception:  # noqa: BLE001 - any end of the stream ends this fake peer
+                return
+            replies = []
+            for want in decoder.feed(data):
+                assert isinstance(want, Want)
+                asked += 1
+                payload = b"wrong" * 100 if asked == 2 else repo.blocks.get(want.cid)
+                replies.append(Block(want.request, payload))
+            await stream.write(b"".join(encode_message(reply) for reply in replies))
+
+    return handle
+
+
+async def test_a_bad_block_among_good_ones_drops_the_peer_and_nothing_after_it_is_stored(
+    tmp_path: Path,
+) -> None:
+    """Blocks of one read are stored together: the good one before the bad is kept, the bad one and
+    those that follow it (in the same read or not) are not."""
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            mixed = await stack.enter_async_context(node(tmp_path / "mixed"))
+            fetcher = await stack.enter_async_context(node(tmp_path / "fetcher"))
+            _, cids = seed(mixed, [], sample(tmp_path, 2 * 1024 * 1024))
+            wanted = cids[:4]
+            set_handler(mixed.host, PROTOCOL_ID, mixed_handler(mixed.repo))
+            await connect(fetcher.host, mixed.addr)
+            with pytest.raises(FetchError) as failure:
+                await fetch_blocks(fetcher.host, fetcher.repo.blocks, [mixed.peer_id], wanted, window=4)
+    assert failure.value.stats is not None and failure.value.stats.dropped == {mixed.peer_id}
+    assert [fetcher.repo.blocks.has(cid) for cid in wanted] == [True, False, False, False]
+    fetcher.repo.blocks.get(wanted[0])  # verified read
+
+
 async def test_a_block_nobody_has_fails_fast_and_clearly(tmp_path: Path) -> None:
     async with AsyncExitStack() as stack:
         providers = [await stack.enter_async_context(node(tmp_path / f"p{i}")) for i in range(2)]
