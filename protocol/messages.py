@@ -100,7 +100,7 @@ def uvarint(n: int) -> bytes:
             return bytes(out)
 
 
-def decode_body(body: bytes) -> Message:
+def decode_body(body: bytes | memoryview) -> Message:
     """Decode one message body; anything malformed raises :class:`MessageError`."""
     try:
         fields = msgpack.unpackb(
@@ -144,40 +144,56 @@ def decode_body(body: bytes) -> Message:
 
 
 class FrameDecoder:
-    """Turns a byte stream into messages. Refuses a frame longer than MAX_FRAME before buffering it."""
+    """Turns a byte stream into messages. Refuses a frame longer than MAX_FRAME before buffering it.
+
+    Bytes already decoded stay at the front of the buffer until the next :meth:`feed` (``_start`` marks
+    where the undecoded rest begins), so a read holding several frames costs one copy per body, not a
+    shift of the whole buffer per frame."""
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buffer = bytearray()
+        self._start = 0
         self._need: int | None = None
         self._max = max_frame
 
     def feed(self, data: bytes) -> Iterator[Message]:
+        if self._start:
+            del self._buffer[: self._start]
+            self._start = 0
         self._buffer += data
         while True:
             if self._need is None:
                 self._need = self._read_prefix()
                 if self._need is None:
                     return
-            if len(self._buffer) < self._need:
+            end = self._start + self._need
+            if len(self._buffer) < end:
                 return
-            body = bytes(self._buffer[: self._need])
-            del self._buffer[: self._need]
+            view = memoryview(self._buffer)
+            body = view[self._start : end]
+            try:
+                message = decode_body(body)
+            finally:
+                body.release()
+                view.release()
+            self._start = end
             self._need = None
-            yield decode_body(body)
+            yield message
 
     def wants(self) -> int:
         """How many more bytes the decoder needs to finish the frame it is in (0 between frames)."""
         if self._need is None:
             return 0
-        return max(0, self._need - len(self._buffer))
+        return max(0, self._start + self._need - len(self._buffer))
 
     def at_boundary(self) -> bool:
         """True when no partial frame is buffered (a clean place for the stream to end)."""
-        return not self._buffer and self._need is None
+        return len(self._buffer) == self._start and self._need is None
 
     def _read_prefix(self) -> int | None:
         value = shift = 0
-        for i, byte in enumerate(self._buffer[:MAX_VARINT_LEN]):
+        start = self._start
+        for i, byte in enumerate(self._buffer[start : start + MAX_VARINT_LEN]):
             value |= (byte & 0x7F) << shift
             shift += 7
             if not byte & 0x80:
@@ -187,8 +203,8 @@ class FrameDecoder:
                     raise MessageError(f"frame of {value} bytes is over the {self._max}-byte limit")
                 if value == 0:
                     raise MessageError("empty frame")
-                del self._buffer[: i + 1]
+                self._start = start + i + 1
                 return value
-        if len(self._buffer) >= MAX_VARINT_LEN:
+        if len(self._buffer) - start >= MAX_VARINT_LEN:
             raise MessageError("frame length prefix is too long")
         return None
