@@ -26,6 +26,7 @@ from node.dht import (
     RECORD_LIFETIME,
     REPROVIDE_INTERVAL,
     Dht,
+    _Collector,
     open_dht,
     provider_key,
     serve_reprovider,
@@ -118,6 +119,45 @@ async def test_a_provider_is_found_across_the_star() -> None:
             assert set(found[0].addrs) == set(listen_addrs(nodes[2].host))
             # the provider itself is never among the answers
             assert await nodes[2].find_providers(root, timeout=5) == []
+
+
+async def test_the_lookup_asks_get_providers_from_its_first_round() -> None:
+    """The walk alone (no FIND_NODE lookup first) finds a provider: the first peers it asks hold the
+    record, as the nodes a provide reached are the closest ones."""
+    with trio.fail_after(15):
+        async with star(5) as nodes:
+            root = new_root()
+            assert await nodes[2].provide(root)
+            await settle()
+            finder = nodes[4]
+            collector = _Collector(finder.host, finder.kad, provider_key(root), set(), want=1)
+            await collector._walk()
+            assert collector.first.is_set()
+            assert collector.seen == {peer_id(nodes[2])}
+
+
+async def test_a_get_providers_answer_teaches_the_closer_peers_addresses() -> None:
+    """py-libp2p's own GET_PROVIDERS client drops them; the walk needs them to dial the next round."""
+    with trio.fail_after(15):
+        async with star(3) as nodes:
+            asker, hub, other = nodes[1], nodes[0], nodes[2]
+            other_id = other.host.get_id()
+            asker.host.get_peerstore().clear_addrs(other_id)
+            asker.kad.routing_table.remove_peer(other_id)
+            collector = _Collector(asker.host, asker.kad, provider_key(new_root()), set(), want=1)
+            closer = await collector._ask_providers(hub.host.get_id())
+            assert other_id in closer
+            learnt = {str(a).rsplit("/p2p/", 1)[0] for a in asker.host.get_peerstore().addrs(other_id)}
+            assert learnt == {a.rsplit("/p2p/", 1)[0] for a in listen_addrs(other.host)}
+            assert not collector.first.is_set()  # nobody provides this root
+
+
+async def test_a_peer_that_does_not_speak_the_dht_yields_nothing_and_no_error() -> None:
+    with trio.fail_after(15):
+        async with star(2) as nodes, open_host(new_identity()) as stranger:
+            stranger_id = await connect(nodes[1].host, listen_addrs(stranger)[0])
+            collector = _Collector(nodes[1].host, nodes[1].kad, provider_key(new_root()), set(), want=1)
+            assert await collector._ask_providers(ID.from_base58(stranger_id)) == []
 
 
 async def test_find_providers_returns_each_provider_once() -> None:
