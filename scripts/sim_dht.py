@@ -480,21 +480,32 @@ class SimPeerRouting(PeerRouting):
         return results
 
 
-async def _sim_get_providers_from_peer_with_closers(
-    self: ProviderStore, peer_id: ID, key: bytes
-) -> tuple[list[PeerInfo], list[ID]]:
-    """``ProviderStore._get_providers_from_peer_with_closers`` (GET_PROVIDERS) in memory."""
-    host = _sim_host(self.host)
+async def _sim_get_providers(
+    host: SimHost, peer_id: ID, key: bytes
+) -> tuple[list[PeerInfo], list[tuple[ID, list[Multiaddr]]]] | None:
+    """One GET_PROVIDERS in memory: the providers ``peer_id`` holds for ``key`` (their addresses, from
+    the providers' signed peer records, go into our peerstore) and the closer peers it names with their
+    addresses; None when the dial fails."""
     server = await host.net.rpc(host, peer_id, GET_PROVIDERS)
     if server is None:
-        return [], []
+        return None
     records = server.kad.provider_store.get_providers(key)
     answer = await server.serve(host, key, GET_PROVIDERS)
     providers = []
     for record in records:
-        # the provider's signed peer record, when the server holds it, gives us its address
         host.peerstore.add_addrs(record.peer_id, record.addrs, SIGNED_RECORD_TTL)
         providers.append(PeerInfo(record.peer_id, record.addrs))
+    return providers, answer
+
+
+async def _sim_get_providers_from_peer_with_closers(
+    self: ProviderStore, peer_id: ID, key: bytes
+) -> tuple[list[PeerInfo], list[ID]]:
+    """``ProviderStore._get_providers_from_peer_with_closers`` (GET_PROVIDERS) in memory."""
+    got = await _sim_get_providers(_sim_host(self.host), peer_id, key)
+    if got is None:
+        return [], []
+    providers, answer = got
     closer = [p for p, _ in answer if p != self.local_peer_id]
     _answered(peer_id, closer, providers)
     return providers, closer
@@ -514,15 +525,10 @@ def _answered(peer_id: ID, closer: list[ID], providers: list[PeerInfo]) -> None:
 async def _sim_ask_providers(self: _Collector, peer_id: ID) -> list[ID]:
     """``node.dht._Collector._ask_providers`` (GET_PROVIDERS, closer peers' addresses kept) in memory."""
     host = _sim_host(self.host)
-    server = await host.net.rpc(host, peer_id, GET_PROVIDERS)
-    if server is None:
+    got = await _sim_get_providers(host, peer_id, self.key)
+    if got is None:
         return []
-    records = server.kad.provider_store.get_providers(self.key)
-    answer = await server.serve(host, self.key, GET_PROVIDERS)
-    providers = []
-    for record in records:
-        host.peerstore.add_addrs(record.peer_id, record.addrs, SIGNED_RECORD_TTL)
-        providers.append(PeerInfo(record.peer_id, record.addrs))
+    providers, answer = got
     closer = []
     for peer, addrs in answer:
         if peer != host.peer_id and addrs:
