@@ -22,7 +22,7 @@ from node.host import connect, listen_addrs, new_identity, open_host, set_handle
 from node.repo import Repo
 from protocol.cid import cid_of
 from protocol.link import ShareLink
-from protocol.messages import PROTOCOL_ID, Block, FrameDecoder, Have, Want, encode_message
+from protocol.messages import PROTOCOL_ID, Block, FrameDecoder, Have, Message, Want, encode_message
 
 if TYPE_CHECKING:
     # trio-typing (a py-libp2p dependency) installs trio-stubs, which mypy reads instead of trio's own
@@ -129,15 +129,23 @@ async def test_a_provider_stopped_mid_transfer_and_the_rest_finish_it(tmp_path: 
     assert out.path.read_bytes() == (tmp_path / "sample.bin").read_bytes()
 
 
-async def lying_handler(stream: INetStream) -> None:
-    """A peer that answers every request with bytes that do not match the CID asked for."""
+async def requests_of(stream: INetStream) -> AsyncIterator[list[Message]]:
+    """The messages of each read of ``stream`` (as a fake peer receives them), until the stream ends."""
     decoder = FrameDecoder()
     while True:
         try:
             data = await stream.read(1 << 16)
         except Exception:  # noqa: BLE001 - any end of the stream ends this fake peer
             return
-        for message in decoder.feed(data):
+        if not data:
+            return
+        yield list(decoder.feed(data))
+
+
+async def lying_handler(stream: INetStream) -> None:
+    """A peer that answers every request with bytes that do not match the CID asked for."""
+    async for messages in requests_of(stream):
+        for message in messages:
             if isinstance(message, Want):
                 await stream.write(encode_message(Block(message.request, b"not the block" * 100)))
 
@@ -169,14 +177,9 @@ def mixed_handler(repo: Repo) -> Callable[[INetStream], Awaitable[None]]:
 
     async def handle(stream: INetStream) -> None:
         nonlocal asked
-        decoder = FrameDecoder()
-        while True:
-            try:
-                data = await stream.read(1 << 16)
-            except Exception:  # noqa: BLE001 - any end of the stream ends this fake peer
-                return
+        async for messages in requests_of(stream):
             replies = []
-            for want in decoder.feed(data):
+            for want in messages:
                 assert isinstance(want, Want)
                 asked += 1
                 payload = b"wrong" * 100 if asked == 2 else repo.blocks.get(want.cid)
@@ -262,10 +265,9 @@ def slow_handler(store: Repo, delay: float) -> Callable[[INetStream], Awaitable[
     """A provider on a slow link: it answers each request in order, ``delay`` seconds apiece."""
 
     async def handle(stream: INetStream) -> None:
-        decoder = FrameDecoder()
         with contextlib.suppress(BaseLibp2pError):  # the asker resets the stream when it is done
-            while data := await stream.read(65536):
-                for message in decoder.feed(data):
+            async for messages in requests_of(stream):
+                for message in messages:
                     if not isinstance(message, Want):
                         continue  # a CANCEL: the block came from elsewhere
                     await trio.sleep(delay)  # the slow link itself, not a wait for anything
@@ -365,11 +367,10 @@ async def test_a_fetch_ends_even_when_providers_go_on_talking(tmp_path: Path) ->
     # once left the readers blocked forever in their last, shielded, send).
     def chatty(holder: Node) -> Callable[[INetStream], Awaitable[None]]:
         async def handle(stream: INetStream) -> None:
-            decoder = FrameDecoder()
             flood = b"".join(encode_message(Have(n)) for n in range(3000))
             with contextlib.suppress(BaseLibp2pError):
-                while data := await stream.read(65536):
-                    for message in decoder.feed(data):
+                async for messages in requests_of(stream):
+                    for message in messages:
                         if isinstance(message, Want):
                             block = holder.repo.blocks.get(message.cid)
                             await stream.write(flood + encode_message(Block(message.request, block)) + flood)
