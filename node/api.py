@@ -18,7 +18,6 @@ import hmac
 import json
 import logging
 import os
-import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -29,7 +28,6 @@ import h11
 import trio
 
 from node.errors import ApiError, DaemonError, NetworkError, NodeError, NotFoundError, RepoFullError
-from node.fsutil import write_atomic
 from protocol.errors import ProtocolError
 
 if TYPE_CHECKING:
@@ -37,9 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "api.sock"
-TOKEN_NAME = "api.token"  # noqa: S105 - a file name, not a secret
-MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY = 64 * 1024
 MAX_CONNECTIONS = 32
@@ -49,26 +44,6 @@ RECEIVE_SIZE = 16 * 1024
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 Routes = Mapping[tuple[str, str], Handler]  # (method, path) -> handler
-
-
-def socket_path(repo_path: Path) -> Path:
-    path = repo_path.absolute() / SOCKET_NAME
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise DaemonError(
-            f"the repo path is too long for the control socket ({MAX_SOCKET_PATH} bytes at most): {path}"
-        )
-    return path
-
-
-def token_path(repo_path: Path) -> Path:
-    return repo_path / TOKEN_NAME
-
-
-def new_token(repo_path: Path) -> str:
-    """Make and store (0600) a fresh API token; the previous daemon's token stops working."""
-    token = secrets.token_urlsafe(32)
-    write_atomic(token_path(repo_path), token.encode("ascii"), mode=0o600)
-    return token
 
 
 def _remove(path: Path) -> None:

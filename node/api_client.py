@@ -10,9 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from node.api import socket_path, token_path
+from node.api_files import socket_path, token_path
 from node.errors import ApiError, DaemonError
 
 CONNECT_TIMEOUT = 5.0
@@ -49,6 +47,8 @@ class ApiClient:
         """Send one request; return the decoded JSON answer. ``timeout=None`` waits as long as it takes."""
         if self.socket is None or not os.path.exists(self.socket):
             raise NoDaemon(f"no daemon runs on {self.repo_path} (start one with 'sealbox daemon')")
+        import httpx  # here, not at the top: commands that find no daemon never pay for it
+
         headers = {"authorization": f"Bearer {self._token() if token is None else token}"}
         transport = httpx.HTTPTransport(uds=os.fspath(self.socket))
         limits = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)

@@ -12,8 +12,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from node.add import add_path, scan_size
 from node.api_client import ApiClient, NoDaemon
 from node.errors import DaemonError, NodeError, NotFoundError
@@ -44,6 +42,8 @@ def progress_bar(args: argparse.Namespace, total: int | None, what: str) -> Iter
     if args.json or args.quiet or not sys.stderr.isatty():
         yield lambda _n: None
         return
+    from tqdm import tqdm  # only when a bar is shown: it is slow to import
+
     with tqdm(
         total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=what, leave=False, file=sys.stderr
     ) as bar:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from node import api
+from node import api, api_files
 from node.config import Config, load_config
 from node.control import Control, NodeState
 from node.dht import Dht, open_dht, serve_reprovider
@@ -84,15 +84,15 @@ async def serve(
     repo = Repo.open(repo_path, create=True)
     try:
         config = load_config(repo_path).override(listen=listen, bootstrap=bootstrap)
-        sock = api.socket_path(repo_path)
+        sock = api_files.socket_path(repo_path)
         with hold_daemon_lock(repo_path):
             identity = load_or_create_identity(repo_path)
-            token = api.new_token(repo_path)
+            token = api_files.new_token(repo_path)
             try:
                 await _serve_node(repo, config, identity, token, sock, task_status)
             finally:
                 with contextlib.suppress(FileNotFoundError):
-                    api.token_path(repo_path).unlink()
+                    api_files.token_path(repo_path).unlink()
     finally:
         repo.close()
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from multiformats import CID
-
 from protocol.errors import CidError, CorruptBlockError
 
 CID_PREFIX = bytes([0x01, 0x55, 0x12, 0x20])
@@ -55,6 +53,8 @@ def cid_from_text(text: str) -> bytes:
         if cid_to_text(raw) != text:
             raise CidError(f"not a valid block id: {text[:80]!r}")
         return check_cid(raw)
+    from multiformats import CID  # only for the rare non-canonical forms: it is slow to import
+
     try:
         parsed = CID.decode(text)
     except (ValueError, KeyError, TypeError) as exc:
