@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from node.add import add_path, scan_size
+from node.alloc import keep_freed_buffers
 from node.api_client import ApiClient, NoDaemon
 from node.errors import DaemonError, NodeError, NotFoundError
 from node.get import GetResult, get_link
@@ -340,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_buffers()
     try:
         args.func(args)
     except (NodeError, ProtocolError) as exc:
