@@ -156,8 +156,10 @@ def _fetch_from_network(args: argparse.Namespace, repo: Repo, link: ShareLink) -
         return
     except NoDaemon:
         pass
-    from node import netget  # imports libp2p: only when the network is needed
+    from node import logs, netget  # imports libp2p: only when the network is needed
     from node.config import load_config
+
+    logs.silence_libraries()
 
     bootstrap = [*load_config(repo.path, create=False).bootstrap, *(args.bootstrap or ())]
     if not link.peers and not bootstrap:
@@ -229,9 +231,9 @@ def cmd_peers(args: argparse.Namespace) -> None:
 
 
 def cmd_daemon(args: argparse.Namespace) -> None:
-    from node import daemon  # imports trio and libp2p: only for the daemon
+    from node import daemon, logs  # imports trio and libp2p: only for the daemon
 
-    daemon.configure_logging(args.log_level)
+    logs.configure(args.log_level)
     daemon.run(_repo_path(args), listen=args.listen or (), bootstrap=args.bootstrap or ())
 
 

@@ -156,19 +156,6 @@ async def _rejoin(dht: Dht, bootstrap: Sequence[str]) -> None:
 # -- the process --------------------------------------------------------------------------------------
 
 
-def configure_logging(level: str) -> None:
-    """Log lines on stderr; libp2p's own chatter only from WARNING up unless the level is DEBUG."""
-    number = logging.getLevelName(level.upper())
-    if not isinstance(number, int):
-        raise DaemonError(f"unknown log level {level[:20]!r}: use debug, info, warning or error")
-    logging.basicConfig(
-        level=number, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"
-    )
-    if number > logging.DEBUG:
-        for noisy in ("libp2p", "multiaddr", "async_service"):
-            logging.getLogger(noisy).setLevel(max(number, logging.WARNING))
-
-
 async def main(repo_path: Path, *, listen: Sequence[str] = (), bootstrap: Sequence[str] = ()) -> None:
     """``serve`` until SIGINT or SIGTERM, then stop gracefully. Errors come out unwrapped."""
     try:

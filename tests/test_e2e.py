@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import select
 import signal
 import time
@@ -25,6 +26,7 @@ from tests.testnet_driver import Testnet, ok, wait_for_log
 
 NODES = 5
 MIB = 1024 * 1024
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +170,21 @@ def test_a_folder_with_nesting_and_empty_files_round_trips(net: Testnet, tmp_pat
     dest = tmp_path / "copy"
     ok(net.cli(1, "get", link, "-o", dest))
     assert snapshot(dest) == snapshot(tree)
+
+
+def test_every_daemon_log_line_is_one_structured_record(net: Testnet) -> None:
+    """After everything above (gets, a provider killed mid-transfer, a restart), each daemon's log holds
+    only ``time LEVEL logger: message`` lines: py-libp2p's records too, one line each, no traceback, and
+    none of its records below WARNING (the daemon runs at the info level)."""
+    for node in range(NODES):
+        lines = net.log(node).read_text(errors="replace").splitlines()
+        assert lines, f"node {node} logged nothing"
+        bad = [line for line in lines if not LOG_LINE.match(line)]
+        assert bad == [], f"node {node}: {bad[:5]}"
+        chatter = [
+            line for line in lines if re.match(r"^\S+ (DEBUG|INFO) (libp2p|multiaddr|async_service)", line)
+        ]
+        assert chatter == [], f"node {node}: library records below WARNING at the info level: {chatter[:3]}"
 
 
 def test_down_leaves_no_process_and_no_listening_port(net: Testnet) -> None:
