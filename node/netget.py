@@ -289,8 +289,14 @@ def get_from_network(
 
     async def run() -> FetchReport:
         async with open_host(new_identity()) as host, open_dht(host) as dht:
-            if bootstrap:
-                await dht.bootstrap(bootstrap)
+            if bootstrap and not await dht.bootstrap(bootstrap):
+                # nobody to ask through the DHT: say so now, not after a lookup's whole deadline
+                if not link.peers:
+                    raise FetchError(
+                        f"no peer to ask for this link: none of the {len(bootstrap)} bootstrap peer(s)"
+                        " answered, and the link has no peer hints"
+                    )
+                return await fetch_link(host, None, repo, link, announce=False, pin=pin)
             return await fetch_link(host, dht, repo, link, announce=False, pin=pin)
 
     return trio.run(run)

@@ -253,6 +253,26 @@ def test_without_a_daemon_status_peers_and_peer_hints_say_so(tmp_path: Path, run
     assert "no daemon runs on" in one_error(run_cli("--repo", repo, "status"))
 
 
+def test_a_get_whose_bootstrap_peers_are_all_down_fails_at_once_with_one_line(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    """No daemon, no peer hint, and nothing answers at the bootstrap address: the temporary node says so
+    at once (it waited a whole 30 s lookup before), and py-libp2p's own complaints stay off the terminal."""
+    sample = tmp_path / "f.bin"
+    sample.write_bytes(os.urandom(1000))
+    link = ok(run_cli("--repo", tmp_path / "a", "add", sample)).strip()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: a dial is refused
+    dead = f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_of(load_or_create_identity(tmp_path / 'a'))}"
+    started = time.monotonic()
+    result = run_cli("--repo", tmp_path / "b", "get", link, "--bootstrap", dead, "-o", tmp_path / "out")
+    assert "none of the 1 bootstrap peer(s) answered" in one_error(result)
+    assert time.monotonic() - started < 20  # a lookup would have run out its 30 s deadline
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_bad_config_file_stops_the_daemon_with_one_line(tmp_path: Path, run_cli: RunCli) -> None:
     repo = tmp_path / "repo"
     ok(run_cli("--repo", repo, "ls"))
