@@ -33,6 +33,7 @@ from libp2p.network.stream.exceptions import StreamEOF
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from node.alloc import keep_freed_buffers  # noqa: E402
 from node.host import connect, listen_addrs, new_identity, open_host, open_stream, set_handler  # noqa: E402
 
 PROTOCOL = "/sealbox/bench-stream/1"
@@ -160,6 +161,7 @@ def main() -> None:
     parser.add_argument("--send", metavar="MULTIADDR", help=argparse.SUPPRESS)
     parser.add_argument("--send-raw", metavar="PORT", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    keep_freed_buffers()  # as the sealbox command does
     size, write, read = parse_size(args.size), parse_size(args.write), parse_size(args.read)
 
     if args.send:

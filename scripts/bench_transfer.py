@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from node.add import add_path  # noqa: E402
+from node.alloc import keep_freed_buffers  # noqa: E402
 from node.exchange import BlockServer, fetch_blocks  # noqa: E402
 from node.host import connect, listen_addrs, new_identity, open_host  # noqa: E402
 from node.repo import Repo  # noqa: E402
@@ -163,6 +164,7 @@ def main() -> None:
     parser.add_argument("--cids", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("peers", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    keep_freed_buffers()  # as the sealbox command does
     if args.serve:
         trio.run(serve, args.serve)
         return
