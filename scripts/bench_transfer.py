@@ -3,16 +3,17 @@
 
 A SIZE random file is added to one repo and copied to PROVIDERS repos; each provider is a process of its
 own serving ``/sealbox/blocks/1.0.0`` (node/exchange.py) from its repo; a fetcher process connects to
-them and fetches every block into an empty repo. Printed: MB/s from the fetcher's first dial to the last
-block stored (1 MB = 10^6 bytes), bytes received / file size, the fetcher's peak RSS, the CPU the
-fetcher and the providers used (cores: CPU seconds per second of the fetch), and the ratio to a
-single raw noise+yamux libp2p stream between two processes measured in the same run
-(scripts/bench_stream.py).
+them and fetches every block into an empty repo, RUNS times (a fresh repo each time, the same
+providers: the first fetch also pays for the providers' warm-up). Printed, as medians: MB/s from the
+fetcher's first dial to the last block stored (1 MB = 10^6 bytes), bytes received / file size, the
+fetcher's peak RSS, the CPU the fetcher and the providers used (cores: CPU seconds per second of the
+fetch), and the ratio to a single raw noise+yamux libp2p stream between two processes measured in the
+same run (scripts/bench_stream.py).
 
 Providers and fetcher are this script in a serving or fetching mode, driving the modules the daemon
 uses (node/exchange.py over node/host.py) without the DHT: the fetcher is given the providers' addresses.
 
-    scripts/bench_transfer.py [--size 256MiB] [--providers 1 --providers 4] [--json FILE]
+    scripts/bench_transfer.py [--size 256MiB] [--providers 1 --providers 4] [--runs 3] [--json FILE]
 
 Goals (issue 3): 1->1 >= 0.6 x the raw stream; 4->1 >= 1->1 with bytes received <= 1.05 x file size;
 fetcher RSS <= 200 MB.
@@ -25,6 +26,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,15 +55,14 @@ def parse_size(text: str) -> int:
 
 
 async def serve(repo_path: Path) -> None:
-    """Serve blocks until stdin closes; print the listen address first, the CPU seconds spent serving
-    last."""
+    """Serve blocks until stdin closes; print the listen address first, then, for every line read from
+    stdin, the CPU seconds spent so far."""
     repo = Repo.open(repo_path, create=False)
     async with open_host(new_identity()) as host:
         BlockServer(repo.blocks).install(host)
-        cpu_start = _cpu_seconds()
         print(listen_addrs(host)[0], flush=True)
-        await trio.to_thread.run_sync(sys.stdin.read)
-        print(_cpu_seconds() - cpu_start, flush=True)
+        while await trio.to_thread.run_sync(sys.stdin.readline):
+            print(_cpu_seconds(), flush=True)
 
 
 async def fetch(repo_path: Path, peers: list[str], cids: list[bytes]) -> dict[str, object]:
@@ -87,7 +88,7 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def raw_stream_mb_s(size: int, work: Path) -> float:
+def raw_stream_mb_s(size: int, runs: int, work: Path) -> list[float]:
     out = work / "stream.json"
     subprocess.run(
         [
@@ -96,7 +97,7 @@ def raw_stream_mb_s(size: int, work: Path) -> float:
             "--size",
             str(size),
             "--runs",
-            "1",
+            str(runs),
             "--no-raw",
             "--json",
             str(out),
@@ -104,13 +105,24 @@ def raw_stream_mb_s(size: int, work: Path) -> float:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    return float(json.loads(out.read_text())["noise_yamux_mb_s"][0])
+    return [float(rate) for rate in json.loads(out.read_text())["noise_yamux_mb_s"]]
+
+
+def _provider_cpu(procs: list[subprocess.Popen[str]]) -> float:
+    total = 0.0
+    for proc in procs:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("cpu\n")
+        proc.stdin.flush()
+        total += float(proc.stdout.readline())
+    return total
 
 
 def run_transfer(
-    work: Path, source_repo: Path, cids_file: Path, providers: int, size: int
-) -> dict[str, object]:
-    procs = []
+    work: Path, source_repo: Path, cids_file: Path, providers: int, runs: int
+) -> list[dict[str, object]]:
+    """``runs`` fetches into a fresh repo each, from the same ``providers`` processes."""
+    procs: list[subprocess.Popen[str]] = []
     try:
         addrs = []
         for i in range(providers):
@@ -125,22 +137,25 @@ def run_transfer(
             procs.append(proc)
             assert proc.stdout is not None
             addrs.append(proc.stdout.readline().strip())
-        fetcher_repo = work / f"fetcher-{providers}"
-        result = subprocess.run(
-            [sys.executable, __file__, "--fetch", str(fetcher_repo), "--cids", str(cids_file), *addrs],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        stats: dict[str, object] = json.loads(result.stdout)
-        shutil.rmtree(fetcher_repo)
-        serving_cpu = 0.0
-        for proc in procs:
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.close()
-            serving_cpu += float(proc.stdout.readline())
-        stats["providers_cpu_per_wall"] = serving_cpu / float(str(stats["seconds"]))
-        return stats
+        results = []
+        for _ in range(runs):
+            # dirty pages (the copies above, the last run's repo) are written back now, not by the
+            # kernel's flusher threads during the timed fetch, whose CPU and disk they would share
+            os.sync()
+            fetcher_repo = work / f"fetcher-{providers}"
+            cpu_before = _provider_cpu(procs)
+            result = subprocess.run(
+                [sys.executable, __file__, "--fetch", str(fetcher_repo), "--cids", str(cids_file), *addrs],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            serving_cpu = _provider_cpu(procs) - cpu_before
+            stats: dict[str, object] = json.loads(result.stdout)
+            shutil.rmtree(fetcher_repo)
+            stats["providers_cpu_per_wall"] = serving_cpu / float(str(stats["seconds"]))
+            results.append(stats)
+        return results
     finally:
         for proc in procs:
             assert proc.stdin is not None
@@ -158,6 +173,7 @@ def main() -> None:
     )
     parser.add_argument("--size", type=parse_size, default=256 << 20)
     parser.add_argument("--providers", type=int, action="append")
+    parser.add_argument("--runs", type=int, default=3, help="fetches per row (and raw stream runs)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--fetch", type=Path, help=argparse.SUPPRESS)
@@ -186,36 +202,48 @@ def main() -> None:
         cids_file = work / "cids"
         cids_file.write_bytes(b"".join(source.pin_blocks(root)))
         source.close()
-        raw = raw_stream_mb_s(args.size, work)
+        raws = raw_stream_mb_s(args.size, args.runs, work)
+        raw = statistics.median(raws)
         mib = args.size / (1 << 20)
-        print(f"file {mib:.0f} MiB, {os.cpu_count()} cores; raw noise+yamux stream {raw:.0f} MB/s")
+        print(
+            f"file {mib:.0f} MiB, {os.cpu_count()} cores, {args.runs} run(s) per row, medians;"
+            f" raw noise+yamux stream {raw:.0f} MB/s (runs: {' '.join(f'{r:.0f}' for r in raws)})"
+        )
         rows = []
         for providers in args.providers or [1, 4]:
-            stats = run_transfer(work, work / "source", cids_file, providers, args.size)
-            speed = args.size / MB / float(str(stats["seconds"]))
-            received = int(str(stats["bytes_received"]))
+            runs = run_transfer(work, work / "source", cids_file, providers, args.runs)
+            speeds = [args.size / MB / float(str(run["seconds"])) for run in runs]
+            speed = statistics.median(speeds)
+            mid = runs[speeds.index(sorted(speeds)[len(speeds) // 2])]  # the median run's details
+            received = max(int(str(run["bytes_received"])) for run in runs)
             row = {
                 "providers": providers,
                 "mb_s": round(speed, 1),
+                "mb_s_runs": [round(x, 1) for x in speeds],
                 "vs_raw_stream": round(speed / raw, 3),
                 "bytes_received_per_file_byte": round(received / args.size, 4),
-                "blocks_per_provider": stats["per_peer"],
-                "fetcher_peak_rss_mb": round(int(str(stats["peak_rss"])) / MB, 1),
-                "fetcher_cpu_per_wall": round(float(str(stats["cpu_per_wall"])), 2),
-                "providers_cpu_per_wall": round(float(str(stats["providers_cpu_per_wall"])), 2),
+                "blocks_per_provider": mid["per_peer"],
+                "fetcher_peak_rss_mb": round(max(int(str(run["peak_rss"])) for run in runs) / MB, 1),
+                "fetcher_cpu_per_wall": round(float(str(mid["cpu_per_wall"])), 2),
+                "providers_cpu_per_wall": round(float(str(mid["providers_cpu_per_wall"])), 2),
             }
             rows.append(row)
             print(
-                f"{providers} -> 1: {speed:.0f} MB/s ({speed / raw:.2f} x raw stream),"
-                f" received {row['bytes_received_per_file_byte']} x file size,"
+                f"{providers} -> 1: {speed:.0f} MB/s ({speed / raw:.2f} x raw stream;"
+                f" runs {' '.join(f'{x:.0f}' for x in speeds)}),"
+                f" received {row['bytes_received_per_file_byte']} x file size (most),"
                 f" blocks per provider {row['blocks_per_provider']},"
-                f" fetcher RSS {row['fetcher_peak_rss_mb']:.0f} MB,"
+                f" fetcher RSS {row['fetcher_peak_rss_mb']:.0f} MB (peak),"
                 f" CPU: fetcher {row['fetcher_cpu_per_wall']}, providers"
                 f" {row['providers_cpu_per_wall']} core(s)"
             )
         if args.json:
             args.json.write_text(
-                json.dumps({"raw_stream_mb_s": raw, "size": args.size, "runs": rows}, indent=2) + "\n"
+                json.dumps(
+                    {"raw_stream_mb_s": raw, "raw_stream_runs": raws, "size": args.size, "rows": rows},
+                    indent=2,
+                )
+                + "\n"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
