@@ -15,6 +15,7 @@ glibc_only = pytest.mark.skipif(
 # 16 chunks in flight, freed, then 16 more: what reading and sealing a file does, round after round
 CHURN = """
 import resource, sys
+from node.alloc import keep_freed_buffers
 tuned = sys.argv[1] == "tuned" and keep_freed_buffers()
 def round_():
     buffers = [bytes(256 << 10) for _ in range(16)]
