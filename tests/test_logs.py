@@ -48,7 +48,7 @@ def _cancelled() -> BaseException:
 
 def _log_library_noise() -> None:
     library = logging.getLogger("libp2p.host.basic_host")
-    library.error("Failed to open stream to peer %s:\n  Error: %s\n  Timeout: 30s", "QmPeer", "reset")
+    library.error("Stream handler failed for %s:\n  Error: %s\n  Timeout: 30s", "QmPeer", "reset")
     exc = _cancelled()
     library.error("add_conn failed for peer QmPeer: %r", exc, exc_info=(type(exc), exc, exc.__traceback__))
     logging.getLogger("node.daemon").info("ready")
@@ -62,7 +62,7 @@ def test_library_records_become_one_structured_line_each() -> None:
     assert len(lines) == 3
     assert all(LINE.match(line) for line in lines), lines
     assert lines[0].endswith(
-        "libp2p.host.basic_host: Failed to open stream to peer QmPeer: | Error: reset | Timeout: 30s"
+        "libp2p.host.basic_host: Stream handler failed for QmPeer: | Error: reset | Timeout: 30s"
     )
     assert "add_conn failed for peer QmPeer: Cancelled(" in lines[1]
     assert lines[2].endswith("INFO node.daemon: ready")
@@ -90,6 +90,25 @@ def test_library_chatter_below_warning_is_hidden_unless_debugging() -> None:
         chatty.setLevel(level)
     logging.getLogger("node.dht").info("announced")
     assert [line.split(" ", 2)[2] for line in out.getvalue().splitlines()] == ["node.dht: announced"]
+
+
+def test_a_remote_peer_that_did_not_answer_is_shown_only_when_debugging() -> None:
+    routine = logging.getLogger("libp2p.host.basic_host")
+    for level in ("info", "debug"):
+        out = io.StringIO()
+        logs.configure(level, out)
+        routine.error("Failed to open stream to peer QmPeer:\n  Error: protocol read failed")
+        logging.getLogger("libp2p.kad_dht.provider_store").warning("Failed to send ADD_PROVIDER to QmPeer")
+        logging.getLogger("libp2p.kad_dht.kad_dht").warning("Rejected a record: too large")
+        shown = [line.split(" ", 2)[2] for line in out.getvalue().splitlines()]
+        expected = ["libp2p.kad_dht.kad_dht: Rejected a record: too large"]
+        if level == "debug":
+            expected = [
+                "libp2p.host.basic_host: Failed to open stream to peer QmPeer: | Error: protocol read failed",
+                "libp2p.kad_dht.provider_store: Failed to send ADD_PROVIDER to QmPeer",
+                *expected,
+            ]
+        assert shown == expected
 
 
 def test_configuring_again_replaces_the_handler() -> None:
