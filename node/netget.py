@@ -216,6 +216,13 @@ async def _fetch(
             peers[await connect(host, hint)] = None
         except NetworkError as exc:
             log.info("peer hint unreachable: %s", exc)
+    if not peers and dht is not None and dht.routing_table_size() == 0 and not host.get_connected_peers():
+        # a DHT lookup would have no one to ask: say so now, not after its whole deadline
+        raise FetchError(
+            "this node is connected to no peer"
+            + (" (the link's peer hints did not answer)" if link.peers else " and the link has no peer hints")
+            + ": give it a bootstrap peer (--bootstrap MULTIADDR, or 'bootstrap' in the repo's config.toml)"
+        )
     await _discover(host, dht, link, peers, find_timeout)
     if not peers:
         raise FetchError(

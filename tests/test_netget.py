@@ -128,6 +128,14 @@ async def test_a_link_nobody_provides_fails_clearly_in_bounded_time(tmp_path: Pa
         assert trio.current_time() - start < 15
 
 
+async def test_a_node_with_no_peer_and_a_link_without_hints_says_so_at_once(tmp_path: Path) -> None:
+    async with swarm(tmp_path) as new_peer:
+        lone = await new_peer()  # the first node: it has no bootstrap peer
+        link = ShareLink(cid_of(b"never added"), new_key())
+        with trio.fail_after(5), pytest.raises(FetchError, match="connected to no peer and the link has no"):
+            await fetch_link(lone.dht.host, lone.dht, lone.repo, link)  # default: a 30 s lookup
+
+
 async def test_peer_hints_in_the_link_connect_nodes_that_share_no_bootstrap(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with swarm(tmp_path / "a") as first, swarm(tmp_path / "b") as second:
