@@ -7,7 +7,8 @@ its top), so the next buffer is faulted in and zeroed again, page by page. Addin
 page faults and ~10% of the process's CPU that way.
 
 :func:`keep_freed_buffers` raises both thresholds, so such buffers come from the heap and freed ones
-are reused: ~5,000 faults per GiB, and the same peak RSS (the few buffers in flight are all it keeps).
+are reused: ~5,000 faults per GiB. Each arena keeps up to ``TRIM_THRESHOLD`` free, so the number of
+arenas is capped too (glibc makes up to 8 per core, one per busy thread; a daemon has many threads).
 Other C libraries, and other systems, are left as they are.
 """
 
@@ -18,8 +19,10 @@ import sys
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 MMAP_THRESHOLD = 1 << 20  # above the largest block (and yamux frame) we allocate per message
-TRIM_THRESHOLD = 8 << 20  # keep up to this much free memory at the top of the heap
+TRIM_THRESHOLD = 8 << 20  # keep up to this much free memory at the top of each arena's heap
+ARENA_MAX = 2  # arenas (each keeps its own free memory) for all threads: the GIL serializes them anyway
 
 
 def keep_freed_buffers() -> bool:
@@ -33,4 +36,9 @@ def keep_freed_buffers() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success; musl's stub returns 0 and changes nothing
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    settings = (
+        (M_ARENA_MAX, ARENA_MAX),
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+        (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+    )
+    return all([bool(mallopt(param, value)) for param, value in settings])
