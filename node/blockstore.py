@@ -150,7 +150,8 @@ class BlockStore:
     def get(self, cid: bytes, *, verify: bool = True) -> bytes:
         """The block's bytes; NotFoundError if absent, CorruptBlockError if they do not match ``cid``.
 
-        ``verify=False`` is for callers that hand the bytes to ``protocol.stream``, which verifies them.
+        ``verify=False`` is for callers that hand the bytes to ``protocol.stream``, which verifies them
+        (data blocks by their AES-GCM tag: every block was checked against its CID when it was stored).
         """
         where = self._locate(cid)
         if where is None:

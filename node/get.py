@@ -1,7 +1,9 @@
 """``get``: turn a share link back into the exact file or tree, from the local repo.
 
-Output is built under a temp name beside the destination and renamed into place only when complete and
-fsynced, so an interrupted or refused get leaves nothing half-written. Names come from the (untrusted)
+Blocks come from the repo, which checked each against its CID when it stored it: data blocks are
+opened without hashing them again (``verified=True``; AES-GCM still refuses any change). Output is built
+under a temp name beside the destination and renamed into place only when complete and fsynced, so an
+interrupted or refused get leaves nothing half-written. Names come from the (untrusted)
 manifest and are checked by ``protocol.names``; nothing is ever written outside the destination.
 """
 
@@ -65,7 +67,7 @@ class _Getter:
         cs = node.chunk_size
 
         def work(position: int, cid: bytes) -> int:
-            content = open_content(keys.data, node, position, cid, self.fetch(cid))
+            content = open_content(keys.data, node, position, cid, self.fetch(cid), verified=True)
             if content:
                 use(position * cs, content)
             return len(content)
@@ -90,7 +92,7 @@ class _Getter:
         pending: deque[Future[bytes]] = deque()
 
         def opened(position: int, cid: bytes) -> bytes:
-            return open_content(keys.data, node, position, cid, self.fetch(cid))
+            return open_content(keys.data, node, position, cid, self.fetch(cid), verified=True)
 
         for position, cid in iter_leaves(node, keys, self.fetch):
             pending.append(self.pool.submit(opened, position, cid))

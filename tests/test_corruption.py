@@ -14,10 +14,11 @@ from node.errors import NodeError
 from node.get import get_link
 from node.repo import Repo
 from protocol.cid import cid_of
-from protocol.errors import DecryptError, LinkError, ProtocolError
+from protocol.errors import CorruptBlockError, DecryptError, LinkError, ProtocolError
 from protocol.link import ShareLink, parse_link
 from protocol.manifest import Entry, EntryDecoder, Node, decode_node, encode_entry, encode_node
 from protocol.seal import NodeKeys
+from protocol.stream import iter_leaves, open_chunk
 from tests.helpers import (
     SMALL_CHUNK,
     block_region,
@@ -130,6 +131,36 @@ def test_truncated_blocks_are_refused(repo: Repo, tmp_path: Path, out: Path) -> 
         path.write_bytes(pack)
     get_link(repo, result.link, out / "f")
     assert (out / "f").read_bytes() == (tmp_path / "f").read_bytes()
+
+
+def test_a_data_block_damaged_at_rest_is_reported_as_damaged_not_as_a_wrong_key(
+    repo: Repo, tmp_path: Path, out: Path
+) -> None:
+    """``get`` opens data blocks from the repo without hashing them again (the repo hashed each when it
+    stored it); a block that then fails to open is hashed, so the error names the damage."""
+    result = _add_multi_block(repo, tmp_path / "f", 5 * SMALL_CHUNK + 100)
+    node = decode_node(
+        NodeKeys(result.link.key, 0).node.open(0, repo.blocks.get(result.link.root)), root=True
+    )
+    leaves = list(iter_leaves(node, NodeKeys(result.link.key, 0), repo.blocks.get))
+    position, cid = leaves[2]
+    block = repo.blocks.get(cid)
+    keys = NodeKeys(result.link.key, 0)
+    assert open_chunk(keys.data, node, position, cid, block, verified=True) == open_chunk(
+        keys.data, node, position, cid, block
+    )
+    damaged = bytes([block[0] ^ 1]) + block[1:]
+    with pytest.raises(CorruptBlockError, match="is corrupted"):
+        open_chunk(keys.data, node, position, cid, damaged, verified=True)
+    with pytest.raises(CorruptBlockError):
+        open_chunk(keys.data, node, position, cid, damaged[:-1], verified=True)
+    with pytest.raises(DecryptError):  # intact, but the wrong key: the hash matches, the tag does not
+        open_chunk(NodeKeys(bytes(32), 0).data, node, position, cid, block, verified=True)
+    path, offset, _length = block_region(repo, cid)
+    write_region(path, offset, damaged[:1])
+    with pytest.raises(CorruptBlockError, match="is corrupted"):
+        get_link(repo, result.link, out / "f", workers=1)
+    assert os.listdir(out) == []
 
 
 def test_missing_pack_is_refused(repo: Repo, tmp_path: Path, out: Path) -> None:
