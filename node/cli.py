@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -25,6 +26,7 @@ from protocol.link import SCHEME, ShareLink, parse_link
 from protocol.manifest import DEFAULT_CHUNK
 
 EXIT_ERROR = 1
+PROGRESS_INTERVAL = 0.25  # seconds between updates of a fetch's progress bar
 EXIT_INTERRUPTED = 130
 
 
@@ -37,10 +39,14 @@ def human(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def shows_progress(args: argparse.Namespace) -> bool:
+    return not (args.json or args.quiet) and sys.stderr.isatty()
+
+
 @contextmanager
 def progress_bar(args: argparse.Namespace, total: int | None, what: str) -> Iterator[Callable[[int], None]]:
     """A byte progress bar on stderr when it is a terminal (and output is not JSON)."""
-    if args.json or args.quiet or not sys.stderr.isatty():
+    if not shows_progress(args):
         yield lambda _n: None
         return
     from tqdm import tqdm  # only when a bar is shown: it is slow to import
@@ -152,7 +158,7 @@ def _fetch_from_network(args: argparse.Namespace, repo: Repo, link: ShareLink) -
     """Bring the link's blocks into the repo: through the daemon if one runs, else with a temporary node
     that asks the link's peer hints and the configured bootstrap peers. With neither, say so."""
     try:
-        _daemon(args).call("POST", "/v1/fetch", {"link": str(link), "seed": not args.no_seed}, timeout=None)
+        _fetch_through_daemon(args, _daemon(args), link)
         return
     except NoDaemon:
         pass
@@ -168,6 +174,50 @@ def _fetch_from_network(args: argparse.Namespace, repo: Repo, link: ShareLink) -
             " has no peer hints, no bootstrap peer is configured, and no daemon runs"
         )
     netget.get_from_network(repo, link, bootstrap=bootstrap, pin=not args.no_seed)
+
+
+def _fetch_through_daemon(args: argparse.Namespace, daemon: ApiClient, link: ShareLink) -> None:
+    """Ask the daemon to fetch ``link``; on a terminal, show its progress (asked of the daemon a few
+    times a second while the fetch runs in a thread)."""
+    body = {"link": str(link), "seed": not args.no_seed}
+    if not shows_progress(args):
+        daemon.call("POST", "/v1/fetch", body, timeout=None)
+        return
+    outcome: list[BaseException | dict[str, Any]] = []
+
+    def fetch() -> None:
+        try:
+            outcome.append(daemon.call("POST", "/v1/fetch", body, timeout=None))
+        except (NodeError, OSError) as exc:  # handed to the main thread, which raises it
+            outcome.append(exc)
+
+    worker = threading.Thread(target=fetch, name="fetch", daemon=True)
+    root = cid_to_text(link.root)
+    shown = 0
+    with progress_bar(args, link.size, "fetching") as advance:
+
+        def show(done: int) -> None:
+            nonlocal shown
+            if link.size is not None:
+                done = min(done, link.size)  # the blocks also hold padding and the manifest
+            if done > shown:
+                advance(done - shown)
+                shown = done
+
+        worker.start()
+        while worker.is_alive():
+            worker.join(PROGRESS_INTERVAL)  # a refresh rate for the bar, not a wait for an event
+            try:
+                fetches = daemon.call("GET", "/v1/fetching", timeout=PROGRESS_INTERVAL * 4)["fetches"]
+            except (NodeError, KeyError, TypeError):
+                continue  # the bar is a nicety: the fetch itself reports any failure
+            show(sum(f.get("bytes", 0) for f in fetches if isinstance(f, dict) and f.get("root") == root))
+        if not outcome:
+            raise DaemonError("the fetch through the daemon ended without an answer")
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        show(int(result.get("bytes", 0)) if isinstance(result, dict) else 0)
 
 
 def cmd_ls(args: argparse.Namespace) -> None:

@@ -81,6 +81,7 @@ class Control:
         self.config = config
         self.state = state
         self.nursery = nursery
+        self.fetching: dict[bytes, list[int]] = {}  # root -> [bytes stored so far, fetches running]
 
     def routes(self) -> Routes:
         return {
@@ -90,6 +91,7 @@ class Control:
             ("GET", "/v1/ls"): self.ls,
             ("POST", "/v1/rm"): self.rm,
             ("POST", "/v1/fetch"): self.fetch,
+            ("GET", "/v1/fetching"): self.fetches,
         }
 
     async def status(self, _args: dict[str, Any]) -> dict[str, Any]:
@@ -216,7 +218,20 @@ class Control:
             raise ApiError("seed must be true or false")
         seed = self.config.seed and wanted
         await self._check_room()
-        report = await netget.fetch_link(self.host, self.dht, self.repo, link, announce=seed, pin=wanted)
+        progress = self.fetching.setdefault(link.root, [0, 0])
+        progress[1] += 1
+
+        def stored(size: int) -> None:
+            progress[0] += size
+
+        try:
+            report = await netget.fetch_link(
+                self.host, self.dht, self.repo, link, announce=seed, pin=wanted, on_bytes=stored
+            )
+        finally:
+            progress[1] -= 1
+            if not progress[1]:
+                del self.fetching[link.root]
         if seed and report.pinned:
             self.nursery.start_soon(self._announce, link.root)  # fetch_link announced it at the start
         stats = report.stats
@@ -228,6 +243,14 @@ class Control:
             "blocks": stats.blocks if stats is not None else 0,
             "bytes": stats.bytes if stats is not None else 0,
             "pinned": report.pinned,
+        }
+
+    async def fetches(self, _args: dict[str, Any]) -> dict[str, Any]:
+        """The fetches running now: each root and the bytes stored for it so far (for progress bars)."""
+        return {
+            "fetches": [
+                {"root": cid_to_text(root), "bytes": done} for root, (done, _) in self.fetching.items()
+            ]
         }
 
 

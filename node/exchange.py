@@ -268,7 +268,7 @@ async def fetch_blocks(
     *,
     window: int = 16,
     request_timeout: float = REQUEST_TIMEOUT,
-    on_block: Callable[[bytes, str], None] | None = None,
+    on_block: Callable[[bytes, str, int], None] | None = None,
     discover: Callable[[], Awaitable[Sequence[str]]] | None = None,
 ) -> FetchStats:
     """Fetch every block of ``cids`` that ``store`` lacks from ``peers`` (peer ids, already known to
@@ -276,7 +276,8 @@ async def fetch_blocks(
     is stored; a peer that sends a bad or unrequested block is dropped. Raises :class:`FetchError` when a
     block cannot be had from any of them.
 
-    ``discover``, if given, is called 3 s into the fetch and then at doubling intervals (up to 30 s) for
+    ``on_block(cid, peer, size)``, if given, is called for each block stored. ``discover``, if given,
+    is called 3 s into the fetch and then at doubling intervals (up to 30 s) for
     the peer ids that provide the blocks now; new ones join the fetch.
     """
     stats = FetchStats()
@@ -441,7 +442,7 @@ async def _run_fetch(
     writer: PackWriter,
     stats: FetchStats,
     request_timeout: float,
-    on_block: Callable[[bytes, str], None] | None,
+    on_block: Callable[[bytes, str, int], None] | None,
 ) -> None:
     """The fetch loop. ``opening`` holds the peers whose streams are still being opened.
 
@@ -530,8 +531,8 @@ async def _run_fetch(
             last_commit = now
             await trio.to_thread.run_sync(writer.commit)
             uncommitted = 0
-        if on_block is not None:
-            on_block(cid, peer)
+        if on_block is not None and isinstance(message, _Stored):
+            on_block(cid, peer, message.size)
         for cancel in cancels:
             other = sessions.get(cancel.peer)
             if other is None:

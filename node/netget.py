@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -172,8 +172,11 @@ async def fetch_link(
     announce: bool = True,
     pin: bool = True,
     find_timeout: float = FIND_TIMEOUT,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> FetchReport:
     """Make every block of ``link``'s tree present in ``repo`` and, with ``pin``, pin it.
+
+    ``on_bytes(n)``, if given, is called as each block of ``n`` bytes is stored (for a progress bar).
 
     Providers come from the link's peer hints (dialed first) and the DHT. With ``announce``, the node
     announces the root in the background as soon as it starts (it serves what it holds while
@@ -191,7 +194,9 @@ async def fetch_link(
             # fetch; once the fetch is over the caller announces the pinned root again (see control.py)
             nursery.start_soon(_announce_early, dht, link.root)
         try:
-            report = await _fetch(host, dht, repo, link, pin=pin, find_timeout=find_timeout)
+            report = await _fetch(
+                host, dht, repo, link, pin=pin, find_timeout=find_timeout, on_bytes=on_bytes
+            )
         except (NodeError, OSError) as exc:  # raised below, once the nursery has closed (no exception group)
             failure = exc
         nursery.cancel_scope.cancel()
@@ -208,8 +213,16 @@ async def _announce_early(dht: Dht, root: bytes) -> None:
 
 
 async def _fetch(
-    host: IHost, dht: Dht | None, repo: Repo, link: ShareLink, *, pin: bool, find_timeout: float
+    host: IHost,
+    dht: Dht | None,
+    repo: Repo,
+    link: ShareLink,
+    *,
+    pin: bool,
+    find_timeout: float,
+    on_bytes: Callable[[int], None] | None,
 ) -> FetchReport:
+    on_block = None if on_bytes is None else lambda _cid, _peer, size: on_bytes(size)
     peers: dict[str, None] = {}
     for hint in link.peers:
         try:
@@ -243,7 +256,9 @@ async def _fetch(
             return list(peers)
 
         try:
-            stats = await fetch_blocks(host, repo.blocks, list(peers), missing, discover=more)
+            stats = await fetch_blocks(
+                host, repo.blocks, list(peers), missing, discover=more, on_block=on_block
+            )
         except FetchError as exc:
             if exc.stats is not None:
                 total.add(exc.stats)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import re
 import stat
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -207,3 +211,30 @@ class LoggedProcess:
         """Whether the log ended within ``timeout`` seconds."""
         with self._changed:
             return self._changed.wait_for(lambda: self.ended, timeout=timeout)
+
+
+def run_on_pty(args: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str, bytes]:
+    """Run a command with stderr on a pseudo-terminal of 24x100 (so progress bars draw); returns its
+    exit code, its stdout, and everything it drew on the terminal. Reads until the process closes the
+    terminal: the reads block on the process, not on a timer."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower, env=env)
+    os.close(follower)
+    drawn = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out.decode(), drawn

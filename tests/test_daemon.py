@@ -29,7 +29,7 @@ from node.errors import ApiError, ConfigError, RepoError
 from node.host import peer_id_of
 from node.identity import load_or_create_identity
 from protocol.link import parse_link
-from tests.helpers import SEALBOX, LoggedProcess, RunCli, ok, one_error
+from tests.helpers import SEALBOX, LoggedProcess, RunCli, ok, one_error, run_on_pty
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
@@ -206,6 +206,19 @@ def test_two_daemons_connect_through_bootstrap_and_one_fetches_from_the_other(
     assert ok(run_cli("--repo", second, "get", link, "-o", out)).strip() == str(out)
     assert out.read_bytes() == sample.read_bytes()
     assert json.loads(ok(run_cli("--repo", second, "status", "--json")))["roots"] == 1
+    # on a terminal, the fetch through the daemon draws a progress bar (the daemon lists its fetches)
+    other = tmp_path / "other.bin"
+    other.write_bytes(os.urandom(700_000))
+    sized = ok(run_cli("--repo", first, "add", other, "--with-size")).strip()
+    a.wait_for(r"announced root .* to the DHT", timeout=10)
+    env = {k: v for k, v in os.environ.items() if k != "SEALBOX_REPO"} | {"HOME": str(tmp_path / "home")}
+    code, printed, drawn = run_on_pty(
+        [SEALBOX, "--repo", str(second), "get", sized, "-o", str(tmp_path / "other.out")], env
+    )
+    assert code == 0 and printed.strip() == str(tmp_path / "other.out")
+    assert re.search(rb"fetching:\s+\d+%", drawn), drawn[-500:]
+    assert (tmp_path / "other.out").read_bytes() == other.read_bytes()
+    assert ApiClient(second).call("GET", "/v1/fetching") == {"fetches": []}
     served = json.loads(ok(run_cli("--repo", first, "status", "--json")))
     assert served["served_blocks"] >= 3 and served["served_bytes"] >= len(sample.read_bytes())
     assert "served     " in ok(run_cli("--repo", first, "status"))

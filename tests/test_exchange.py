@@ -114,7 +114,7 @@ async def test_a_provider_stopped_mid_transfer_and_the_rest_finish_it(tmp_path: 
                 await connect(fetcher.host, provider.addr)
             seen_from_leaving = 0
 
-            def on_block(_cid: bytes, peer: str) -> None:
+            def on_block(_cid: bytes, peer: str, _size: int) -> None:
                 nonlocal seen_from_leaving
                 seen_from_leaving += peer == leaving.peer_id
                 if seen_from_leaving >= 5:
@@ -334,7 +334,7 @@ async def test_a_peer_that_lacked_blocks_says_have_once_it_holds_them_and_serves
             first_block = trio.Event()
             lacked = 0
 
-            def on_block(_cid: bytes, _peer: str) -> None:
+            def on_block(_cid: bytes, _peer: str, _size: int) -> None:
                 first_block.set()
 
             async def peer_catches_up() -> None:

@@ -104,9 +104,13 @@ async def test_a_folder_added_on_one_node_is_got_on_another_through_the_dht_only
             source = make_tree(tmp_path)
             link = add_path(nodes[1].repo, source, chunk_size=16 * 1024).link
             assert await nodes[1].dht.provide(link.root)
-            report = await fetch_link(nodes[4].dht.host, nodes[4].dht, nodes[4].repo, link)
+            stored: list[int] = []
+            report = await fetch_link(
+                nodes[4].dht.host, nodes[4].dht, nodes[4].repo, link, on_bytes=stored.append
+            )
             assert report.pinned and report.providers >= 1 and report.rounds >= 3
             assert report.stats is not None and report.stats.blocks > 40
+            assert len(stored) == report.stats.blocks and sum(stored) == report.stats.bytes
             out = get_link(nodes[4].repo, link, tmp_path / "out")
             assert same_tree(source, out.path)
             # the fetcher is now a seed: with the uploader gone, a third node still gets the folder
