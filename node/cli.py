@@ -173,7 +173,16 @@ def _fetch_from_network(args: argparse.Namespace, repo: Repo, link: ShareLink) -
             f"{cid_to_text(link.root)} is not in this repo, and there is nowhere to look for it: the link"
             " has no peer hints, no bootstrap peer is configured, and no daemon runs"
         )
-    netget.get_from_network(repo, link, bootstrap=bootstrap, pin=not args.no_seed)
+    with progress_bar(args, link.size, "fetching") as advance:
+        shown = 0
+
+        def stored(size: int) -> None:
+            nonlocal shown
+            step = size if link.size is None else max(0, min(size, link.size - shown))
+            shown += step
+            advance(step)  # the blocks also hold padding and the manifest: the bar stops at the size
+
+        netget.get_from_network(repo, link, bootstrap=bootstrap, pin=not args.no_seed, on_bytes=stored)
 
 
 def _fetch_through_daemon(args: argparse.Namespace, daemon: ApiClient, link: ShareLink) -> None:

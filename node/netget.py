@@ -303,7 +303,12 @@ async def _discover(
 
 
 def get_from_network(
-    repo: Repo, link: ShareLink, *, bootstrap: Sequence[str] = (), pin: bool = True
+    repo: Repo,
+    link: ShareLink,
+    *,
+    bootstrap: Sequence[str] = (),
+    pin: bool = True,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> FetchReport:
     """Fetch ``link`` into ``repo`` with a temporary node (no daemon runs): a host on loopback with a
     fresh identity, the DHT bootstrapped from ``bootstrap``, the link's peer hints. It does not announce
@@ -318,7 +323,7 @@ def get_from_network(
                         f"no peer to ask for this link: none of the {len(bootstrap)} bootstrap peer(s)"
                         " answered, and the link has no peer hints"
                     )
-                return await fetch_link(host, None, repo, link, announce=False, pin=pin)
-            return await fetch_link(host, dht, repo, link, announce=False, pin=pin)
+                return await fetch_link(host, None, repo, link, announce=False, pin=pin, on_bytes=on_bytes)
+            return await fetch_link(host, dht, repo, link, announce=False, pin=pin, on_bytes=on_bytes)
 
     return trio.run(run)
