@@ -218,9 +218,9 @@ def _fetch_through_daemon(args: argparse.Namespace, daemon: ApiClient, link: Sha
             worker.join(PROGRESS_INTERVAL)  # a refresh rate for the bar, not a wait for an event
             try:
                 fetches = daemon.call("GET", "/v1/fetching", timeout=PROGRESS_INTERVAL * 4)["fetches"]
-            except (NodeError, KeyError, TypeError):
+                show(sum(int(f["bytes"]) for f in fetches if f["root"] == root))
+            except (NodeError, KeyError, TypeError, ValueError):
                 continue  # the bar is a nicety: the fetch itself reports any failure
-            show(sum(f.get("bytes", 0) for f in fetches if isinstance(f, dict) and f.get("root") == root))
         if not outcome:
             raise DaemonError("the fetch through the daemon ended without an answer")
         result = outcome[0]
