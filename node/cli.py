@@ -61,6 +61,24 @@ def progress_bar(args: argparse.Namespace, total: int | None, what: str) -> Iter
         yield advance
 
 
+@contextmanager
+def fetch_bar(args: argparse.Namespace, link: ShareLink) -> Iterator[Callable[[int], None]]:
+    """A "fetching" bar (:func:`progress_bar`), moved by the bytes fetched so far. The blocks also hold
+    padding and the manifest, so the bar stops at the link's size."""
+    shown = 0
+    with progress_bar(args, link.size, "fetching") as advance:
+
+        def reached(done: int) -> None:
+            nonlocal shown
+            if link.size is not None:
+                done = min(done, link.size)
+            if done > shown:
+                advance(done - shown)
+                shown = done
+
+        yield reached
+
+
 class Output:
     def __init__(self, args: argparse.Namespace) -> None:
         self.json = args.json
@@ -173,14 +191,13 @@ def _fetch_from_network(args: argparse.Namespace, repo: Repo, link: ShareLink) -
             f"{cid_to_text(link.root)} is not in this repo, and there is nowhere to look for it: the link"
             " has no peer hints, no bootstrap peer is configured, and no daemon runs"
         )
-    with progress_bar(args, link.size, "fetching") as advance:
-        shown = 0
+    with fetch_bar(args, link) as reached:
+        fetched = 0
 
         def stored(size: int) -> None:
-            nonlocal shown
-            step = size if link.size is None else max(0, min(size, link.size - shown))
-            shown += step
-            advance(step)  # the blocks also hold padding and the manifest: the bar stops at the size
+            nonlocal fetched
+            fetched += size
+            reached(fetched)
 
         netget.get_from_network(repo, link, bootstrap=bootstrap, pin=not args.no_seed, on_bytes=stored)
 
@@ -202,17 +219,7 @@ def _fetch_through_daemon(args: argparse.Namespace, daemon: ApiClient, link: Sha
 
     worker = threading.Thread(target=fetch, name="fetch", daemon=True)
     root = cid_to_text(link.root)
-    shown = 0
-    with progress_bar(args, link.size, "fetching") as advance:
-
-        def show(done: int) -> None:
-            nonlocal shown
-            if link.size is not None:
-                done = min(done, link.size)  # the blocks also hold padding and the manifest
-            if done > shown:
-                advance(done - shown)
-                shown = done
-
+    with fetch_bar(args, link) as show:
         worker.start()
         while worker.is_alive():
             worker.join(PROGRESS_INTERVAL)  # a refresh rate for the bar, not a wait for an event
