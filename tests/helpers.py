@@ -213,24 +213,36 @@ class LoggedProcess:
             return self._changed.wait_for(lambda: self.ended, timeout=timeout)
 
 
-def run_on_pty(args: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str, bytes]:
-    """Run a command with stderr on a pseudo-terminal of 24x100 (so progress bars draw); returns its
-    exit code, its stdout, and everything it drew on the terminal. Reads until the process closes the
-    terminal: the reads block on the process, not on a timer."""
+def start_on_pty(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a command with stderr on a pseudo-terminal of 24x100 (a fresh pty is 0x0, where progress
+    bars have no room to draw); returns the process and the terminal's leader end (close it)."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower, env=env)
     os.close(follower)
-    drawn = b""
+    return proc, leader
+
+
+def drain_pty(leader: int) -> bytes:
+    """Everything the process still draws on the terminal, until it closes it: the reads block on the
+    process, not on a timer."""
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def run_on_pty(args: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str, bytes]:
+    """Run a command with stderr on a pseudo-terminal (:func:`start_on_pty`) to its end; returns its
+    exit code, its stdout, and everything it drew on the terminal."""
+    proc, leader = start_on_pty(args, env)
     try:
-        while True:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:  # EIO: the process closed the terminal
-                break
-            if not chunk:
-                break
-            drawn += chunk
+        drawn = drain_pty(leader)
         out, _ = proc.communicate(timeout=timeout)
     finally:
         os.close(leader)

@@ -6,40 +6,25 @@ show real progress (an event from the process, not a timer) and then interrupts 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import re
 import signal
-import struct
 import subprocess
-import termios
 import time
 from pathlib import Path
 
 import pytest
 
 from node.repo import Repo
-from tests.helpers import SEALBOX, RunCli
+from tests.helpers import SEALBOX, RunCli, drain_pty, start_on_pty
 
 PROGRESS = re.compile(rb"\s([1-9][0-9]?)%")
 
 
 def _start_add_on_pty(repo: Path, path: Path, home: Path) -> tuple[subprocess.Popen[bytes], int]:
-    leader, follower = pty.openpty()
-    # a fresh pty is 0x0; give it a real terminal's size so the bar has room to draw
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     env = {k: v for k, v in os.environ.items() if k != "SEALBOX_REPO"} | {"HOME": str(home)}
-    proc = subprocess.Popen(
-        [SEALBOX, "--repo", str(repo), "add", str(path)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=follower,
-        env=env,
-    )
-    os.close(follower)
-    return proc, leader
+    return start_on_pty([SEALBOX, "--repo", str(repo), "add", str(path)], env)
 
 
 def _wait_for_progress(leader: int, deadline: float) -> bytes:
@@ -51,18 +36,6 @@ def _wait_for_progress(leader: int, deadline: float) -> bytes:
         assert chunk, "the add ended before showing progress"
         seen += chunk
     return seen
-
-
-def _drain(leader: int) -> bytes:
-    out = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # EIO: the process closed the terminal
-            return out
-        if not chunk:
-            return out
-        out += chunk
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
@@ -84,7 +57,7 @@ def test_interrupted_add_leaves_nothing_visible(how: signal.Signals, tmp_path: P
         _wait_for_progress(leader, time.monotonic() + 60)
         proc.send_signal(how)
         stdout, _ = proc.communicate(timeout=60)
-        terminal = _drain(leader)
+        terminal = drain_pty(leader)
     finally:
         os.close(leader)
         if proc.poll() is None:
