@@ -235,9 +235,12 @@ class Repo:
     # -- idempotent adds ----------------------------------------------------------------------------
 
     def fingerprint(self, digest: bytes) -> bytes:
-        """Key a plaintext digest with the repo secret, so the adds index reveals nothing by itself."""
+        """Key a plaintext digest with the repo secret, so the adds index reveals nothing by itself.
+
+        "v2": chunks are hashed with BLAKE3 (before, SHA-256). A record of an add made before that no
+        longer matches: adding that content again makes a new root once, and records it."""
         secret = (self.path / "secret").read_bytes()
-        return hmac.new(secret, b"sealbox add fingerprint\x00" + digest, hashlib.sha256).digest()
+        return hmac.new(secret, b"sealbox add fingerprint v2\x00" + digest, hashlib.sha256).digest()
 
     def find_added(self, fingerprint: bytes) -> Pin | None:
         """The pin of an earlier add of the same content, if it is still pinned."""

@@ -211,6 +211,20 @@ def test_adding_the_same_content_twice(repo: Repo, tmp_path: Path) -> None:
     assert not other.existing and other.link.root != first.link.root
 
 
+def test_the_add_fingerprint_covers_every_chunk(repo: Repo, tmp_path: Path) -> None:
+    data = bytearray(os.urandom(5 * SMALL_CHUNK + 7))
+    first = add_path(repo, _file(tmp_path / "f", bytes(data)), chunk_size=SMALL_CHUNK)
+    for offset in (0, 3 * SMALL_CHUNK + 1, len(data) - 1):  # the first, a middle and the last chunk
+        changed = bytearray(data)
+        changed[offset] ^= 1
+        (tmp_path / "f").unlink()
+        again = add_path(repo, _file(tmp_path / "f", bytes(changed)), chunk_size=SMALL_CHUNK)
+        assert not again.existing and again.link.root != first.link.root
+    (tmp_path / "f").unlink()
+    same = add_path(repo, _file(tmp_path / "f", bytes(data)), chunk_size=SMALL_CHUNK)
+    assert same.existing and str(same.link) == str(first.link)
+
+
 def test_failed_add_leaves_nothing_behind(repo: Repo, tmp_path: Path) -> None:
     kept = add_path(repo, _file(tmp_path / "kept", b"kept"))
     before_blocks, before_pins, before_packs = block_set(repo), repo.pins(), pack_files(repo)
