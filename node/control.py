@@ -235,7 +235,14 @@ class Control:
         if seed and report.pinned:
             self.nursery.start_soon(self._announce, link.root)  # fetch_link announced it at the start
         stats = report.stats
-        log.info("fetched root %s from %d provider(s)", cid_to_text(link.root), report.providers)
+        log.info(
+            "fetched root %s from %d provider(s): %d blocks, %d not-found answers, %d haves",
+            cid_to_text(link.root),
+            report.providers,
+            stats.blocks if stats is not None else 0,
+            stats.not_found if stats is not None else 0,
+            stats.haves if stats is not None else 0,
+        )
         return {
             "root": cid_to_text(report.root),
             "providers": report.providers,

@@ -234,6 +234,7 @@ class FetchStats:
     dropped: set[str] = field(default_factory=set)
     already_held: int = 0
     haves: int = 0  # HAVE messages that made a peer eligible again for a block
+    not_found: int = 0  # NOT_FOUND answers (a request that brought no block)
     peers: int = 0  # peers asked
     unreachable: set[str] = field(default_factory=set)  # peers no stream could be opened to
 
@@ -241,6 +242,8 @@ class FetchStats:
         """Add the counts of another fetch (a later round of the same download)."""
         self.blocks += other.blocks
         self.bytes += other.bytes
+        self.haves += other.haves
+        self.not_found += other.not_found
         for peer, n in other.received_from.items():
             self.received_from[peer] = self.received_from.get(peer, 0) + n
         self.dropped |= other.dropped
@@ -513,6 +516,7 @@ async def _run_fetch(
             return
         cid = entry[0]
         if isinstance(message, NotFound):
+            stats.not_found += 1
             plan.not_found(peer, cid)
             session.not_found[message.request] = cid
             while len(session.not_found) > MAX_WAITING:

@@ -357,6 +357,7 @@ async def test_a_peer_that_lacked_blocks_says_have_once_it_holds_them_and_serves
                 )
     assert lacked == 0  # no HAVE before the peer held anything
     assert peer.server.haves_sent > 0 and stats.haves > 0  # NOT_FOUND, then HAVE, then the block
+    assert stats.not_found >= stats.haves  # every HAVE that counted answered an earlier NOT_FOUND
     assert stats.received_from.get(peer.peer_id, 0) > len(cids) // 2  # the slow seed gave the least
     assert sum(stats.received_from.values()) == len(cids)
 
