@@ -102,8 +102,9 @@ class _Adder:
         return cid, len(block), blake3(chunk).digest()
 
     def _put_only(self, cid: bytes, block: bytes) -> None:
-        # the CID was computed from these very bytes by seal_chunk / cid_of just before
-        self.writer.put(cid, block, verify=False)
+        # the CID was computed from these very bytes by seal_chunk / cid_of just before, and the block
+        # was sealed under this add's fresh key: the store cannot hold it already
+        self.writer.put(cid, block, verify=False, force=True)
 
     def _record(self, cid: bytes, size: int) -> None:
         self.list_file.write(cid)
