@@ -34,6 +34,8 @@ from protocol.manifest import MAX_CHUNK
 from protocol.seal import TAG_LEN
 
 MAX_BLOCK = MAX_CHUNK + TAG_LEN
+LOCATE_BATCH = 500  # CIDs per index query in locate() (SQLite allows 32,766 parameters, older ones 999)
+Location = tuple[int, int, int]  # (pack, offset, length)
 PACK_MAX = 1 << 30  # a writer starts a new pack past this size, so gc compacts in bounded pieces
 COMPACT_BELOW = 0.5  # gc rewrites a pack whose live bytes fall below this share of its size
 
@@ -127,7 +129,7 @@ class BlockStore:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def _locate(self, cid: bytes) -> tuple[int, int, int] | None:
+    def _locate(self, cid: bytes) -> Location | None:
         with self._lock:
             row = self.db.execute(
                 "SELECT pack, offset, length FROM blocks WHERE digest = ?", (_digest(cid),)
@@ -136,6 +138,23 @@ class BlockStore:
 
     def has(self, cid: bytes) -> bool:
         return self._locate(cid) is not None
+
+    def locate(self, cids: Iterable[bytes]) -> dict[bytes, Location]:
+        """Where each of ``cids`` that the store holds lies (absent ones are left out), asked of the
+        index ``LOCATE_BATCH`` at a time: one query per block was ~20% of a get's CPU here, mostly
+        SQLite's per-statement work. Pass a location on to :meth:`get`."""
+        by_digest = {_digest(cid): cid for cid in cids}
+        digests = list(by_digest)
+        found: dict[bytes, Location] = {}
+        for start in range(0, len(digests), LOCATE_BATCH):
+            part = digests[start : start + LOCATE_BATCH]
+            marks = ",".join("?" * len(part))  # only placeholders go into the text; digests are bound
+            query = f"SELECT digest, pack, offset, length FROM blocks WHERE digest IN ({marks})"  # noqa: S608
+            with self._lock:
+                rows = self.db.execute(query, part).fetchall()
+            for digest, pack, offset, length in rows:
+                found[by_digest[digest]] = (pack, offset, length)
+        return found
 
     def _reader(self, pack: int) -> int:
         with self._lock:
@@ -147,13 +166,15 @@ class BlockStore:
                     raise RepoError(f"pack {pack} is missing from the repo") from None
             return fd
 
-    def get(self, cid: bytes, *, verify: bool = True) -> bytes:
+    def get(self, cid: bytes, *, verify: bool = True, where: Location | None = None) -> bytes:
         """The block's bytes; NotFoundError if absent, CorruptBlockError if they do not match ``cid``.
 
         ``verify=False`` is for callers that hand the bytes to ``protocol.stream``, which verifies them
         (data blocks by their AES-GCM tag: every block was checked against its CID when it was stored).
+        ``where``: the block's location from :meth:`locate`, which saves looking it up again.
         """
-        where = self._locate(cid)
+        if where is None:
+            where = self._locate(cid)
         if where is None:
             raise NotFoundError(f"block {cid_to_text(cid)} is not in the repo")
         pack, offset, length = where

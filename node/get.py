@@ -10,6 +10,7 @@ manifest and are checked by ``protocol.names``; nothing is ever written outside 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 from collections import deque
@@ -18,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.blockstore import BlockStore, Location
 from node.errors import DestinationError, NotFoundError
 from node.fsutil import WRITEBACK_STEP, fsync_dir, full_error, is_full, start_writeback, temp_name
 from node.repo import Repo
@@ -29,8 +31,8 @@ from protocol.seal import NodeKeys
 from protocol.stream import iter_leaves, open_content
 
 Progress = Callable[[int], None]
-Fetch = Callable[[bytes], bytes]
 IN_FLIGHT = 8
+LOCATE_AHEAD = 64  # leaves whose places in the repo are looked up in one query
 MAX_DEPTH = 255
 MAX_NODES = 10_000_000
 
@@ -48,14 +50,25 @@ def _ignore(_: int) -> None:
 
 
 class _Getter:
-    def __init__(self, fetch: Fetch, key: bytes, pool: ThreadPoolExecutor, progress: Progress) -> None:
-        self.fetch = fetch
+    def __init__(self, store: BlockStore, key: bytes, pool: ThreadPoolExecutor, progress: Progress) -> None:
+        self.store = store
         self.key = key
         self.pool = pool
         self.progress = progress
         self.numbers: set[int] = {0}
         self.size = 0
         self.files = 0
+
+    def fetch(self, cid: bytes, where: Location | None = None) -> bytes:
+        return self.store.get(cid, verify=False, where=where)
+
+    def _leaves(self, node: Node, keys: NodeKeys) -> Iterator[tuple[int, bytes, Location | None]]:
+        """``iter_leaves``, with each leaf's place in the repo looked up LOCATE_AHEAD leaves at a time."""
+        leaves = iter_leaves(node, keys, self.fetch)
+        while batch := list(itertools.islice(leaves, LOCATE_AHEAD)):
+            where = self.store.locate(cid for _, cid in batch)
+            for position, cid in batch:
+                yield position, cid, where.get(cid)
 
     def open_node(self, number: int, cid: bytes, *, root: bool) -> tuple[Node, NodeKeys]:
         return open_node(self.key, number, cid, self.fetch(cid), root=root)
@@ -66,16 +79,17 @@ class _Getter:
         chunks are open at once."""
         cs = node.chunk_size
 
-        def work(position: int, cid: bytes) -> int:
-            content = open_content(keys.data, node, position, cid, self.fetch(cid), verified=True)
+        def work(position: int, cid: bytes, where: Location | None) -> int:
+            block = self.fetch(cid, where)
+            content = open_content(keys.data, node, position, cid, block, verified=True)
             if content:
                 use(position * cs, content)
             return len(content)
 
         pending: deque[Future[int]] = deque()
         try:
-            for position, cid in iter_leaves(node, keys, self.fetch):
-                pending.append(self.pool.submit(work, position, cid))
+            for position, cid, where in self._leaves(node, keys):
+                pending.append(self.pool.submit(work, position, cid, where))
                 if len(pending) >= IN_FLIGHT:
                     self.progress(pending.popleft().result())
             while pending:
@@ -91,11 +105,11 @@ class _Getter:
         """The node's plaintext in order (for directory listings, which are read as they arrive)."""
         pending: deque[Future[bytes]] = deque()
 
-        def opened(position: int, cid: bytes) -> bytes:
-            return open_content(keys.data, node, position, cid, self.fetch(cid), verified=True)
+        def opened(position: int, cid: bytes, where: Location | None) -> bytes:
+            return open_content(keys.data, node, position, cid, self.fetch(cid, where), verified=True)
 
-        for position, cid in iter_leaves(node, keys, self.fetch):
-            pending.append(self.pool.submit(opened, position, cid))
+        for position, cid, where in self._leaves(node, keys):
+            pending.append(self.pool.submit(opened, position, cid, where))
             if len(pending) >= IN_FLIGHT:
                 yield pending.popleft().result()
         while pending:
@@ -185,12 +199,9 @@ def get_link(
 ) -> GetResult:
     """Rebuild the file or tree ``link`` names from blocks in ``repo`` at ``dest``."""
 
-    def fetch(cid: bytes) -> bytes:
-        return repo.blocks.get(cid, verify=False)
-
     workers = workers or min(8, 2 * (os.cpu_count() or 1))
     with repo.lock(), ThreadPoolExecutor(workers, thread_name_prefix="open") as pool:
-        getter = _Getter(fetch, link.key, pool, progress)
+        getter = _Getter(repo.blocks, link.key, pool, progress)
         try:
             node, keys = getter.open_node(0, link.root, root=True)
         except NotFoundError:

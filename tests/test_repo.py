@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 from node.add import add_path
-from node.blockstore import MAX_BLOCK
+from node.blockstore import LOCATE_BATCH, MAX_BLOCK
 from node.errors import DestinationError, InputError, NotFoundError, RepoError
-from node.get import get_link
+from node.get import LOCATE_AHEAD, get_link
 from node.repo import Repo
 from protocol.cid import cid_of
 from protocol.errors import CidError, CorruptBlockError
 from protocol.manifest import chunk_count, decode_node, level_counts
 from protocol.seal import NodeKeys
+from protocol.stream import iter_leaves
 from tests.helpers import (
     SMALL_CHUNK,
     block_region,
@@ -41,6 +42,26 @@ def test_put_refuses_a_block_that_does_not_match_its_cid(repo: Repo) -> None:
     with pytest.raises(CidError):
         repo.blocks.put(b"\x01\x70\x12\x20" + bytes(32), block)
     assert pack_files(repo) == set()
+
+
+def test_locate_finds_the_held_blocks_in_batches_and_get_reads_them_there(repo: Repo) -> None:
+    blocks = [os.urandom(100 + i) for i in range(LOCATE_BATCH + 7)]  # more than one query's worth
+    with repo.blocks.writer() as writer:
+        for block in blocks:
+            writer.put(cid_of(block), block)
+        writer.commit()
+    cids = [cid_of(block) for block in blocks]
+    absent = cid_of(b"never stored")
+    where = repo.blocks.locate([absent, *cids, cids[0]])  # a repeat is fine
+    assert set(where) == set(cids)
+    for cid, block in zip(cids, blocks, strict=True):
+        assert repo.blocks.get(cid, where=where[cid]) == block
+        assert where[cid][2] == len(block)
+    assert repo.blocks.locate([]) == {}
+    with pytest.raises(NotFoundError):
+        repo.blocks.get(absent, where=where.get(absent))
+    with pytest.raises(CidError):
+        repo.blocks.locate([b"\x01\x70\x12\x20" + bytes(32)])
 
 
 def test_put_is_idempotent_and_get_returns_the_bytes(repo: Repo) -> None:
@@ -309,8 +330,16 @@ def test_multi_level_index_round_trips(repo: Repo, tmp_path: Path) -> None:
     counts = level_counts(chunk_count(size, SMALL_CHUNK), SMALL_CHUNK)
     assert node.level == 1 == len(counts) - 1
     assert result.pin.blocks == sum(counts) + 1
-    get_link(repo, result.link, tmp_path / "out")
+    get_link(repo, result.link, tmp_path / "out")  # leaves are located in batches of LOCATE_AHEAD
     assert (tmp_path / "out").read_bytes() == data
+    # a leaf missing from the repo, past the first batches, still fails the get and leaves nothing
+    leaves = list(iter_leaves(node, keys, repo.blocks.get))
+    assert len(leaves) > 3 * LOCATE_AHEAD
+    _, gone = leaves[3 * LOCATE_AHEAD + 1]
+    repo.blocks.db.execute("DELETE FROM blocks WHERE digest = ?", (gone[4:],))
+    with pytest.raises(NotFoundError):
+        get_link(repo, result.link, tmp_path / "again")
+    assert sorted(os.listdir(tmp_path)) == ["big", "out", "repo"]
 
 
 def test_get_refuses_to_overwrite(repo: Repo, tmp_path: Path) -> None:
