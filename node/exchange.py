@@ -161,9 +161,13 @@ class BlockServer:
             """In a worker thread: read, verify and frame a few replies at once. Each reply comes
             with its request and, when it is NOT_FOUND, the digest asked for."""
             out: list[tuple[bytes, int, int, bytes | None]] = []
+            try:
+                where = self.store.locate(cid for _, cid in batch)  # one index query for the batch
+            except RepoError:
+                where = {}  # each get below looks its block up again, and reports what fails
             for request, cid in batch:
                 try:
-                    block = self.store.get(cid)
+                    block = self.store.get(cid, where=where.get(cid))
                 except (NotFoundError, CorruptBlockError, RepoError):
                     out.append((encode_message(NotFound(request)), 0, request, block_digest(cid)))
                 else:
@@ -285,8 +289,10 @@ async def fetch_blocks(
     """
     stats = FetchStats()
     plan = FetchPlan(window=window)
-    for cid in cids:
-        if store.has(cid):
+    wanted = list(cids)
+    held = store.locate(wanted)  # in a few queries: one per block took seconds for a big file
+    for cid in wanted:
+        if cid in held:
             stats.already_held += 1
         else:
             plan.want(cid)
