@@ -180,6 +180,10 @@ class _Adder:
         except OSError as exc:
             raise InputError(f"cannot read {path}: {exc.strerror}") from None
         with f:
+            # read ahead harder: a 1 GiB file not in the page cache was added 5-28% faster (three
+            # pairs); where the file is cached it changes nothing
+            with contextlib.suppress(OSError, AttributeError):  # AttributeError: no posix_fadvise here
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
             def pieces() -> bytes:
                 try:
