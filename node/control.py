@@ -36,7 +36,7 @@ from node.api import Routes
 from node.config import Config
 from node.dht import Dht
 from node.errors import ApiError, NetworkError
-from node.exchange import BlockServer
+from node.exchange import BlockServer, FetchStats
 from node.host import listen_addrs
 from node.repo import Repo
 from node.views import add_json, iso_time, pin_json
@@ -234,21 +234,21 @@ class Control:
                 del self.fetching[link.root]
         if seed and report.pinned:
             self.nursery.start_soon(self._announce, link.root)  # fetch_link announced it at the start
-        stats = report.stats
+        stats = report.stats or FetchStats()  # none when every block was held already
         log.info(
             "fetched root %s from %d provider(s): %d blocks, %d not-found answers, %d haves",
             cid_to_text(link.root),
             report.providers,
-            stats.blocks if stats is not None else 0,
-            stats.not_found if stats is not None else 0,
-            stats.haves if stats is not None else 0,
+            stats.blocks,
+            stats.not_found,
+            stats.haves,
         )
         return {
             "root": cid_to_text(report.root),
             "providers": report.providers,
             "rounds": report.rounds,
-            "blocks": stats.blocks if stats is not None else 0,
-            "bytes": stats.bytes if stats is not None else 0,
+            "blocks": stats.blocks,
+            "bytes": stats.bytes,
             "pinned": report.pinned,
         }
 

@@ -316,6 +316,7 @@ def get_from_network(
 
     async def run() -> FetchReport:
         async with open_host(new_identity()) as host, open_dht(host) as dht:
+            routing: Dht | None = dht
             if bootstrap and not await dht.bootstrap(bootstrap):
                 # nobody to ask through the DHT: say so now, not after a lookup's whole deadline
                 if not link.peers:
@@ -323,7 +324,7 @@ def get_from_network(
                         f"no peer to ask for this link: none of the {len(bootstrap)} bootstrap peer(s)"
                         " answered, and the link has no peer hints"
                     )
-                return await fetch_link(host, None, repo, link, announce=False, pin=pin, on_bytes=on_bytes)
-            return await fetch_link(host, dht, repo, link, announce=False, pin=pin, on_bytes=on_bytes)
+                routing = None  # the link's peer hints alone
+            return await fetch_link(host, routing, repo, link, announce=False, pin=pin, on_bytes=on_bytes)
 
     return trio.run(run)
