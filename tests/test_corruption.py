@@ -139,13 +139,11 @@ def test_a_data_block_damaged_at_rest_is_reported_as_damaged_not_as_a_wrong_key(
     """``get`` opens data blocks from the repo without hashing them again (the repo hashed each when it
     stored it); a block that then fails to open is hashed, so the error names the damage."""
     result = _add_multi_block(repo, tmp_path / "f", 5 * SMALL_CHUNK + 100)
-    node = decode_node(
-        NodeKeys(result.link.key, 0).node.open(0, repo.blocks.get(result.link.root)), root=True
-    )
-    leaves = list(iter_leaves(node, NodeKeys(result.link.key, 0), repo.blocks.get))
+    keys = NodeKeys(result.link.key, 0)
+    node = decode_node(keys.node.open(0, repo.blocks.get(result.link.root)), root=True)
+    leaves = list(iter_leaves(node, keys, repo.blocks.get))
     position, cid = leaves[2]
     block = repo.blocks.get(cid)
-    keys = NodeKeys(result.link.key, 0)
     assert open_chunk(keys.data, node, position, cid, block, verified=True) == open_chunk(
         keys.data, node, position, cid, block
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from node.add import add_path
-from node.blockstore import LOCATE_BATCH, MAX_BLOCK
+from node.blockstore import LOCATE_BATCH, MAX_BLOCK, block_digest
 from node.errors import DestinationError, InputError, NotFoundError, RepoError
 from node.get import LOCATE_AHEAD, get_link
 from node.repo import Repo
@@ -336,7 +336,7 @@ def test_multi_level_index_round_trips(repo: Repo, tmp_path: Path) -> None:
     leaves = list(iter_leaves(node, keys, repo.blocks.get))
     assert len(leaves) > 3 * LOCATE_AHEAD
     _, gone = leaves[3 * LOCATE_AHEAD + 1]
-    repo.blocks.db.execute("DELETE FROM blocks WHERE digest = ?", (gone[4:],))
+    repo.blocks.db.execute("DELETE FROM blocks WHERE digest = ?", (block_digest(gone),))
     with pytest.raises(NotFoundError):
         get_link(repo, result.link, tmp_path / "again")
     assert sorted(os.listdir(tmp_path)) == ["big", "out", "repo"]
