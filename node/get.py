@@ -15,13 +15,14 @@ import os
 import shutil
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from node.blockstore import BlockStore, Location
+from node.direct import DirectWriter
 from node.errors import DestinationError, NotFoundError
-from node.fsutil import WRITEBACK_STEP, fsync_dir, full_error, is_full, start_writeback, temp_name
+from node.fsutil import fsync_dir, full_error, is_full, temp_name
 from node.repo import Repo
 from protocol.cid import cid_to_text
 from protocol.errors import LinkError, ManifestError
@@ -50,8 +51,11 @@ def _ignore(_: int) -> None:
 
 
 class _Getter:
-    def __init__(self, store: BlockStore, key: bytes, pool: ThreadPoolExecutor, progress: Progress) -> None:
+    def __init__(
+        self, store: BlockStore, key: bytes, pool: ThreadPoolExecutor, out: DirectWriter, progress: Progress
+    ) -> None:
         self.store = store
+        self.out = out
         self.key = key
         self.pool = pool
         self.progress = progress
@@ -73,36 +77,9 @@ class _Getter:
     def open_node(self, number: int, cid: bytes, *, root: bool) -> tuple[Node, NodeKeys]:
         return open_node(self.key, number, cid, self.fetch(cid), root=root)
 
-    def _chunks(self, node: Node, keys: NodeKeys, use: Callable[[int, bytes], None]) -> None:
-        """Open every data chunk of ``node`` in the worker threads and hand each, padding removed and
-        checked to be zeros, to ``use(offset, plaintext)``, also in a worker thread. At most IN_FLIGHT
-        chunks are open at once."""
-        cs = node.chunk_size
-
-        def work(position: int, cid: bytes, where: Location | None) -> int:
-            block = self.fetch(cid, where)
-            content = open_content(keys.data, node, position, cid, block, verified=True)
-            if content:
-                use(position * cs, content)
-            return len(content)
-
-        pending: deque[Future[int]] = deque()
-        try:
-            for position, cid, where in self._leaves(node, keys):
-                pending.append(self.pool.submit(work, position, cid, where))
-                if len(pending) >= IN_FLIGHT:
-                    self.progress(pending.popleft().result())
-            while pending:
-                self.progress(pending.popleft().result())
-        except BaseException:
-            # no worker may still be writing when the caller closes the file
-            for future in pending:
-                future.cancel()
-            wait(pending)
-            raise
-
     def stream(self, node: Node, keys: NodeKeys) -> Iterator[bytes]:
-        """The node's plaintext in order (for directory listings, which are read as they arrive)."""
+        """The node's plaintext in order, padding removed and checked to be zeros: each chunk is read
+        and opened in a worker thread, at most IN_FLIGHT at once."""
         pending: deque[Future[bytes]] = deque()
 
         def opened(position: int, cid: bytes, where: Location | None) -> bytes:
@@ -121,19 +98,14 @@ class _Getter:
             if node.size:
                 # reserve the space first: a full disk fails now, not after minutes of work
                 os.posix_fallocate(fd, 0, node.size)
-            steps = [0]
-
-            def write(offset: int, data: bytes) -> None:
-                view = memoryview(data)
-                while view:
-                    done = os.pwrite(fd, view, offset)
-                    view, offset = view[done:], offset + done
-                step = offset // WRITEBACK_STEP
-                if step > steps[0]:  # a benign race: at worst one extra hint
-                    steps[0] = step
-                    start_writeback(fd, 0, 0)  # 0, 0: all written so far
-
-            self._chunks(node, keys, write)
+            self.out.start_file(fd, node.size)
+            try:
+                for content in self.stream(node, keys):
+                    self.out.append(content)
+                    self.progress(len(content))
+            finally:
+                self.out.finish_file()  # before the descriptor closes, even on error
+            os.ftruncate(fd, node.size)  # the last piece was written rounded up
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -200,8 +172,12 @@ def get_link(
     """Rebuild the file or tree ``link`` names from blocks in ``repo`` at ``dest``."""
 
     workers = workers or min(8, 2 * (os.cpu_count() or 1))
-    with repo.lock(), ThreadPoolExecutor(workers, thread_name_prefix="open") as pool:
-        getter = _Getter(repo.blocks, link.key, pool, progress)
+    with (
+        repo.lock(),
+        ThreadPoolExecutor(workers, thread_name_prefix="open") as pool,
+        contextlib.closing(DirectWriter()) as out,
+    ):
+        getter = _Getter(repo.blocks, link.key, pool, out, progress)
         try:
             node, keys = getter.open_node(0, link.root, root=True)
         except NotFoundError:
