@@ -4,15 +4,13 @@ The main thread reads the input and feeds the pure chunker and index builder; wo
 and durably store the chunks (AES-GCM, SHA-256, BLAKE3 and file writes release the GIL). Memory stays
 bounded: a few chunks in flight per stream plus one index path, whatever the input size.
 
-Idempotent adds need a digest of the plaintext besides the CIDs (which change with the fresh key). Each
-chunk's share of it is BLAKE3, not SHA-256: it is a local fingerprint, never on the wire, and BLAKE3 hashes
-at 2.8 GB/s here against SHA-256's 1.45, which made a whole add 10-15% faster.
+Idempotent adds need a digest of the plaintext besides the CIDs (which change with the fresh key): see
+node/fingerprint.py for how it is made, and why only an add that may repeat an earlier one makes it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat
 from collections import deque
@@ -22,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from blake3 import blake3
-
 from node.blockstore import PackWriter
-from node.errors import InputError, RepoFullError
+from node.errors import InputError, NodeError, RepoFullError
+from node.fingerprint import DirDigest, FileDigest, add_digest, chunk_digest
 from node.fsutil import full_error, is_full
+from node.get import added_digest
 from node.repo import Pin, Repo, now
 from protocol.cid import cid_of
-from protocol.errors import UnsafeNameError
+from protocol.errors import ProtocolError, UnsafeNameError
 from protocol.link import ShareLink
 from protocol.manifest import DEFAULT_CHUNK, Entry, Node, check_chunk_size, encode_entry, encode_node
 from protocol.names import check_name
@@ -76,8 +74,10 @@ class _Adder:
         chunk_size: int,
         progress: Progress,
         warn: Warn,
+        hashing: bool,
     ):
         self.repo = repo
+        self.hashing = hashing  # make the plaintext digest (node/fingerprint.py)
         self.writer = writer
         self.pool = pool
         self.cs = chunk_size
@@ -95,11 +95,15 @@ class _Adder:
 
     # -- storing -----------------------------------------------------------------------------
 
-    def _seal_put(self, key: StreamKey, position: int, chunk: bytes) -> tuple[bytes, int, bytes]:
-        """In a worker: seal and store one chunk; also hash its plaintext (BLAKE3) for the add fingerprint."""
+    def _seal_put(
+        self, key: StreamKey, position: int, chunk: bytes, content: int | None
+    ) -> tuple[bytes, int, bytes]:
+        """In a worker: seal and store one chunk; with ``content`` (how many of its bytes are not
+        padding), also hash those for the add's digest."""
         cid, block = seal_chunk(key, position, chunk)
         self._put_only(cid, block)
-        return cid, len(block), blake3(chunk).digest()
+        digest = b"" if content is None else chunk_digest(memoryview(chunk)[:content])
+        return cid, len(block), digest
 
     def _put_only(self, cid: bytes, block: bytes) -> None:
         # the CID was computed from these very bytes by seal_chunk / cid_of just before, and the block
@@ -116,38 +120,42 @@ class _Adder:
         self._record(cid, len(block))
 
     def _stream(
-        self, keys: NodeKeys, pieces: Callable[[], bytes]
-    ) -> tuple[int, int, tuple[bytes, ...], bytes]:
-        """Seal one stream read by ``pieces()`` (b"" at the end).
+        self, keys: NodeKeys, pieces: Callable[[], bytes], digest: FileDigest | None = None, size: int = 0
+    ) -> tuple[int, int, tuple[bytes, ...]]:
+        """Seal one stream read by ``pieces()`` (b"" at the end); returns ``(size, level, top)``.
 
-        Returns ``(size, level, top, digest)``; ``digest`` is SHA-256 over the BLAKE3 of each padded
-        plaintext chunk (hashed in the workers, so it costs the main thread nothing).
+        With ``digest``, the stream is a file of ``size`` bytes: each chunk's content is hashed in the
+        workers (so it costs the main thread nothing) and fed to ``digest`` in order.
         """
         chunker = Chunker(self.cs)
         index = IndexBuilder(keys, self.cs)
-        digest = hashlib.sha256()
         pending: deque[Future[tuple[bytes, int, bytes]]] = deque()
 
-        def drain(limit: int) -> None:
-            while len(pending) > limit:
-                cid, size, chunk_digest = pending.popleft().result()
-                digest.update(chunk_digest)
-                self._record(cid, size)
-                for block in index.add(cid):
-                    self._put(*block)
+        def seal(position: int, chunk: bytes) -> None:
+            content = None if digest is None else max(0, min(self.cs, size - position * self.cs))
+            pending.append(self.pool.submit(self._seal_put, keys.data, position, chunk, content))
+            while len(pending) > IN_FLIGHT:
+                drain()
+
+        def drain() -> None:
+            cid, stored, chunk = pending.popleft().result()
+            if digest is not None:
+                digest.add(chunk)
+            self._record(cid, stored)
+            for block in index.add(cid):
+                self._put(*block)
 
         while data := pieces():
             for position, chunk in chunker.feed(data):
-                pending.append(self.pool.submit(self._seal_put, keys.data, position, chunk))
-                drain(IN_FLIGHT)
+                seal(position, chunk)
         for position, chunk in chunker.finish():
-            pending.append(self.pool.submit(self._seal_put, keys.data, position, chunk))
-            drain(IN_FLIGHT)
-        drain(0)
+            seal(position, chunk)
+        while pending:
+            drain()
         level, top, blocks = index.finish()
         for block in blocks:
             self._put(*block)
-        return chunker.size, level, top, digest.digest()
+        return chunker.size, level, top
 
     def _node(self, keys: NodeKeys, node: Node) -> bytes:
         block = keys.node.seal(0, encode_node(node))
@@ -157,8 +165,8 @@ class _Adder:
 
     # -- walking -----------------------------------------------------------------------------
 
-    def add(self, path: Path, name: str | None, depth: int = 0) -> tuple[bytes, bytes, str]:
-        """Seal ``path``; returns ``(node cid, plaintext digest, kind)``."""
+    def add(self, path: Path, name: str | None, depth: int = 0) -> tuple[bytes, bytes | None, str]:
+        """Seal ``path``; returns ``(node cid, plaintext digest or None if not hashing, kind)``."""
         number = self.next_number
         self.next_number += 1
         keys = NodeKeys(self.key, number)
@@ -174,7 +182,7 @@ class _Adder:
 
     def _add_file(
         self, path: Path, keys: NodeKeys, name: str | None, st: os.stat_result
-    ) -> tuple[bytes, bytes, str]:
+    ) -> tuple[bytes, bytes | None, str]:
         try:
             f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
         except OSError as exc:
@@ -193,19 +201,18 @@ class _Adder:
                 self.progress(len(data))
                 return data
 
-            size, level, top, digest = self._stream(keys, pieces)
+            digest = FileDigest() if self.hashing else None
+            size, level, top = self._stream(keys, pieces, digest, st.st_size)
         if size != st.st_size or os.stat(path).st_mtime_ns != st.st_mtime_ns:
             raise InputError(f"{path} changed while it was being added: try again")
         executable = bool(st.st_mode & stat.S_IXUSR)
         self.total_size += size
         cid = self._node(keys, Node("file", size, self.cs, level, top, executable, name))
-        return (
-            cid,
-            hashlib.sha256(b"file" + bytes([executable]) + size.to_bytes(8, "big") + digest).digest(),
-            "file",
-        )
+        return cid, None if digest is None else digest.finish(size, executable), "file"
 
-    def _add_dir(self, path: Path, keys: NodeKeys, name: str | None, depth: int) -> tuple[bytes, bytes, str]:
+    def _add_dir(
+        self, path: Path, keys: NodeKeys, name: str | None, depth: int
+    ) -> tuple[bytes, bytes | None, str]:
         if depth >= 255:
             raise InputError(f"{path} is nested too deeply")
         try:
@@ -213,7 +220,7 @@ class _Adder:
                 children = sorted(it, key=lambda e: os.fsencode(e.name))
         except OSError as exc:
             raise InputError(f"cannot read {path}: {exc.strerror}") from None
-        digest = hashlib.sha256(b"dir")
+        digest = DirDigest()
         entries = iter(children)
 
         def pieces() -> bytes:
@@ -228,16 +235,42 @@ class _Adder:
                     raise InputError(f"cannot add {child.path}: {exc}") from None
                 number = self.next_number
                 cid, child_digest, _kind = self.add(Path(child.path), None, depth + 1)
-                encoded = child.name.encode()
-                digest.update(len(encoded).to_bytes(2, "big") + encoded + child_digest)
+                if child_digest is not None:
+                    digest.add(child.name, child_digest)
                 return encode_entry(Entry(child.name, number, cid))
             return b""
 
         # the entry stream holds child CIDs, which change with the key: the digest is built from
         # names and child digests instead
-        size, level, top, _ = self._stream(keys, pieces)
+        size, level, top = self._stream(keys, pieces)
         cid = self._node(keys, Node("dir", size, self.cs, level, top, False, name))
-        return cid, digest.digest(), "dir"
+        return cid, digest.finish() if self.hashing else None, "dir"
+
+
+def _alike(repo: Repo, path: Path) -> list[Pin]:
+    """Earlier adds of the same kind and total size as ``path``: only those can hold the same content."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []  # the add reports it
+    kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+    size = scan_size(path) if kind == "dir" else st.st_size
+    return [pin for pin in repo.pins() if pin.key is not None and pin.kind == kind and pin.size == size]
+
+
+def _same_as(repo: Repo, alike: list[Pin], fingerprint: bytes) -> Pin | None:
+    """The earlier add among ``alike`` with this fingerprint, making (and recording) the fingerprints of
+    those added without one from their stored blocks."""
+    for pin in alike:
+        if pin.fingerprint is None and pin.key is not None:
+            try:
+                digest = added_digest(repo, pin.root, pin.key)
+            except (NodeError, ProtocolError):
+                continue  # e.g. a damaged block: that root cannot stand in for this add
+            pin = repo.set_fingerprint(pin, repo.fingerprint(digest))
+        if pin.fingerprint == fingerprint:
+            return pin
+    return None
 
 
 def add_path(
@@ -268,8 +301,11 @@ def add_path(
         adder: _Adder | None = None
         committed = False
         try:
+            alike = _alike(repo, path)
             with ThreadPoolExecutor(workers, thread_name_prefix="seal") as pool:
-                adder = _Adder(repo, writer, pool, chunk_size, progress, warn or (lambda _msg: None))
+                adder = _Adder(
+                    repo, writer, pool, chunk_size, progress, warn or (lambda _msg: None), bool(alike)
+                )
                 try:
                     root, digest, kind = adder.add(path, name)
                 except BaseException:
@@ -278,9 +314,11 @@ def add_path(
             adder.list_file.flush()
             os.fsync(adder.list_file.fileno())
             adder.list_file.close()
-            content = hashlib.sha256(digest + name.encode() + chunk_size.to_bytes(4, "big")).digest()
-            fingerprint = repo.fingerprint(content)
-            earlier = repo.find_added(fingerprint)
+            fingerprint = None
+            earlier = None
+            if digest is not None:
+                fingerprint = repo.fingerprint(add_digest(digest, name, chunk_size))
+                earlier = repo.find_added(fingerprint) or _same_as(repo, alike, fingerprint)
             if earlier is not None and earlier.key is not None:
                 # the same content was added before: keep its link; this session's packs are dropped
                 pin = earlier
@@ -304,8 +342,9 @@ def add_path(
             committed = True
             # the add is done; without this record (e.g. on a full disk) a later add of the same content
             # makes a new root instead of returning this one
-            with contextlib.suppress(RepoFullError):
-                repo.record_added(fingerprint, root)
+            if fingerprint is not None:
+                with contextlib.suppress(RepoFullError):
+                    repo.record_added(fingerprint, root)
             link = ShareLink(root, adder.key, display_name, adder.total_size if with_size else None)
             return AddResult(link, pin, writer.written, False)
         except OSError as exc:

@@ -22,6 +22,7 @@ from pathlib import Path
 from node.blockstore import BlockStore, Location
 from node.direct import DirectWriter
 from node.errors import DestinationError, NotFoundError
+from node.fingerprint import DirDigest, FileDigest, add_digest, chunk_digest
 from node.fsutil import fsync_dir, full_error, is_full, temp_name
 from node.repo import Repo
 from protocol.cid import cid_to_text
@@ -52,7 +53,12 @@ def _ignore(_: int) -> None:
 
 class _Getter:
     def __init__(
-        self, store: BlockStore, key: bytes, pool: ThreadPoolExecutor, out: DirectWriter, progress: Progress
+        self,
+        store: BlockStore,
+        key: bytes,
+        pool: ThreadPoolExecutor,
+        out: DirectWriter | None = None,  # for write_file; digest() writes nothing
+        progress: Progress = _ignore,
     ) -> None:
         self.store = store
         self.out = out
@@ -93,6 +99,7 @@ class _Getter:
             yield pending.popleft().result()
 
     def write_file(self, node: Node, keys: NodeKeys, path: Path) -> None:
+        assert self.out is not None
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             if node.size:
@@ -114,30 +121,60 @@ class _Getter:
         self.size += node.size
         self.files += 1
 
-    def write_dir(self, node: Node, keys: NodeKeys, path: Path, depth: int) -> None:
+    def children(self, node: Node, keys: NodeKeys, depth: int) -> Iterator[tuple[str, Node, NodeKeys]]:
+        """A directory's entries in order, each as ``(name, node, keys)``; refuses a tree nested too
+        deeply or with too many nodes, and a node number used twice."""
         if depth > MAX_DEPTH:
             raise ManifestError("directory tree is nested too deeply")
-        os.mkdir(path, 0o700)
         decoder = EntryDecoder()
         for data in self.stream(node, keys):
             for entry in decoder.feed(data):
                 if entry.number in self.numbers or len(self.numbers) >= MAX_NODES:
                     raise ManifestError("manifest reuses a node number or holds too many entries")
                 self.numbers.add(entry.number)
-                child, child_keys = self.open_node(entry.number, entry.cid, root=False)
-                target = path / entry.name
-                try:
-                    if child.kind == "file":
-                        self.write_file(child, child_keys, target)
-                    else:
-                        self.write_dir(child, child_keys, target, depth + 1)
-                except FileExistsError:
-                    raise DestinationError(
-                        f"two entries map to the same name {entry.name[:64]!r} on this file system"
-                    ) from None
+                yield (entry.name, *self.open_node(entry.number, entry.cid, root=False))
         decoder.finish()
+
+    def write_dir(self, node: Node, keys: NodeKeys, path: Path, depth: int) -> None:
+        os.mkdir(path, 0o700)
+        for name, child, child_keys in self.children(node, keys, depth):
+            try:
+                if child.kind == "file":
+                    self.write_file(child, child_keys, path / name)
+                else:
+                    self.write_dir(child, child_keys, path / name, depth + 1)
+            except FileExistsError:
+                raise DestinationError(
+                    f"two entries map to the same name {name[:64]!r} on this file system"
+                ) from None
         fsync_dir(path)
         os.chmod(path, 0o777 & ~_umask())
+
+    def digest(self, node: Node, keys: NodeKeys, depth: int = 0) -> bytes:
+        """The digest ``add`` makes of the content (node/fingerprint.py), made from the blocks."""
+        if node.kind == "file":
+            chunks = FileDigest()
+            for content in self.stream(node, keys):
+                chunks.add(chunk_digest(content))
+            return chunks.finish(node.size, node.executable)
+        entries = DirDigest()
+        for name, child, child_keys in self.children(node, keys, depth):
+            entries.add(name, self.digest(child, child_keys, depth + 1))
+        return entries.finish()
+
+
+def added_digest(repo: Repo, root: bytes, key: bytes) -> bytes:
+    """The add digest (node/fingerprint.py) of a root this repo holds, made from its stored blocks: for
+    an add that was made without one. The caller holds the repo's lock."""
+    with ThreadPoolExecutor(min(8, 2 * (os.cpu_count() or 1)), thread_name_prefix="open") as pool:
+        getter = _Getter(repo.blocks, key, pool)
+        try:
+            node, keys = getter.open_node(0, root, root=True)
+            assert node.name is not None  # decode_node(root=True) checks it
+            return add_digest(getter.digest(node, keys), node.name, node.chunk_size)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def _umask() -> int:

@@ -29,7 +29,7 @@ from typing import Any
 import msgpack
 
 from node.blockstore import BlockStore
-from node.errors import NotFoundError, RepoError
+from node.errors import NotFoundError, RepoError, RepoFullError
 from node.fsutil import discard_on_error, fsync_dir, full_error, is_full, temp_name, write_atomic
 from protocol.cid import CID_LEN, check_cid, cid_from_text, cid_to_text
 from protocol.errors import CidError
@@ -156,7 +156,19 @@ class Repo:
 
     def rename_pin(self, pin: Pin, name: str | None) -> Pin:
         """Give a pin a new display name (rewrites the pin atomically)."""
-        renamed = dataclasses.replace(pin, name=name)
+        return self._rewrite_pin(dataclasses.replace(pin, name=name))
+
+    def set_fingerprint(self, pin: Pin, fingerprint: bytes) -> Pin:
+        """Record the fingerprint of an add made without one (rewrites the pin atomically). On a full
+        disk the pin is left as it was, and the fingerprint is made again the next time it is needed."""
+        with contextlib.suppress(RepoFullError):
+            pin = self._rewrite_pin(dataclasses.replace(pin, fingerprint=fingerprint))
+            self.record_added(fingerprint, pin.root)
+        return pin
+
+    def _rewrite_pin(self, new: Pin) -> Pin:
+        """Replace the pin of ``new.root`` with ``new``, keeping its block list."""
+        pin = self.read_pin(new.root)
         tmp = self.new_block_list()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -171,8 +183,8 @@ class Repo:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self.write_pin(renamed, tmp)
-        return renamed
+        self.write_pin(new, tmp)
+        return new
 
     def new_block_list(self) -> Path:
         return self.tmp / temp_name("pin-")
@@ -235,12 +247,14 @@ class Repo:
     # -- idempotent adds ----------------------------------------------------------------------------
 
     def fingerprint(self, digest: bytes) -> bytes:
-        """Key a plaintext digest with the repo secret, so the adds index reveals nothing by itself.
+        """Key an add's plaintext digest (node/fingerprint.py) with the repo secret, so the adds index
+        reveals nothing by itself.
 
-        "v2": chunks are hashed with BLAKE3 (before, SHA-256). A record of an add made before that no
-        longer matches: adding that content again makes a new root once, and records it."""
+        "v3": chunks are hashed without their padding (v2 hashed them padded, v1 with SHA-256). A record
+        of an add made before that no longer matches: adding that content again makes a new root once,
+        and records it."""
         secret = (self.path / "secret").read_bytes()
-        return hmac.new(secret, b"sealbox add fingerprint v2\x00" + digest, hashlib.sha256).digest()
+        return hmac.new(secret, b"sealbox add fingerprint v3\x00" + digest, hashlib.sha256).digest()
 
     def find_added(self, fingerprint: bytes) -> Pin | None:
         """The pin of an earlier add of the same content, if it is still pinned."""

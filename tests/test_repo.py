@@ -15,6 +15,7 @@ from node.repo import Repo
 from protocol.cid import cid_of
 from protocol.errors import CidError, CorruptBlockError
 from protocol.manifest import chunk_count, decode_node, level_counts
+from protocol.padding import padded_size
 from protocol.seal import NodeKeys
 from protocol.stream import iter_leaves
 from tests.helpers import (
@@ -244,6 +245,62 @@ def test_the_add_fingerprint_covers_every_chunk(repo: Repo, tmp_path: Path) -> N
     (tmp_path / "f").unlink()
     same = add_path(repo, _file(tmp_path / "f", bytes(data)), chunk_size=SMALL_CHUNK)
     assert same.existing and str(same.link) == str(first.link)
+
+
+ENDS_IN_PADDING = 1_049_276  # padded past its last chunk of content: its last chunk is padding only
+
+
+@pytest.mark.parametrize("size", [0, 1, SMALL_CHUNK, 3 * SMALL_CHUNK + 5, ENDS_IN_PADDING])
+def test_an_add_hashes_only_when_an_earlier_one_may_hold_the_same_content(
+    repo: Repo, tmp_path: Path, size: int
+) -> None:
+    data = os.urandom(size)
+    first = add_path(repo, _file(tmp_path / "f", data), chunk_size=SMALL_CHUNK)
+    assert first.pin.fingerprint is None and os.listdir(repo.adds_dir) == []  # nothing alike: no digest
+    # other bytes of the same size: now both are hashed, the first from its stored blocks
+    other = add_path(repo, _file(tmp_path / "g", os.urandom(size)), chunk_size=SMALL_CHUNK)
+    assert not other.existing and other.pin.fingerprint is not None
+    earlier = repo.read_pin(first.link.root)
+    assert earlier.fingerprint is not None and earlier.fingerprint != other.pin.fingerprint
+    # the digest made from blocks is the one add makes: the same bytes again are the first add
+    (tmp_path / "f").unlink()
+    again = add_path(repo, _file(tmp_path / "f", data), chunk_size=SMALL_CHUNK)
+    assert again.existing and str(again.link) == str(first.link)
+    assert len(repo.pins()) == 2 and os.listdir(repo.tmp) == []
+    assert size != ENDS_IN_PADDING or padded_size(size) // SMALL_CHUNK > -(-size // SMALL_CHUNK)
+
+
+def test_a_tree_added_without_a_digest_is_recognised_later(repo: Repo, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    (tree / "empty-dir").mkdir()
+    _file(tree / "a", os.urandom(3 * SMALL_CHUNK + 1))
+    _file(tree / "sub" / "b", b"")
+    _file(tree / "sub" / "deeper" / "c", b"c" * 100).chmod(0o755)
+    first = add_path(repo, tree, chunk_size=SMALL_CHUNK)
+    assert first.pin.fingerprint is None
+    again = add_path(repo, tree, chunk_size=SMALL_CHUNK)
+    assert again.existing and str(again.link) == str(first.link) and again.new_blocks == 0
+    # the same sizes, but one mode bit differs: a new add
+    (tree / "sub" / "deeper" / "c").chmod(0o644)
+    changed = add_path(repo, tree, chunk_size=SMALL_CHUNK)
+    assert not changed.existing and changed.link.root != first.link.root
+
+
+def test_an_earlier_add_that_cannot_be_read_is_not_reused(repo: Repo, tmp_path: Path) -> None:
+    data = os.urandom(2 * SMALL_CHUNK)
+    first = add_path(repo, _file(tmp_path / "f", data), chunk_size=SMALL_CHUNK)
+    keys = NodeKeys(first.link.key, 0)
+    node = decode_node(keys.node.open(0, repo.blocks.get(first.link.root)), root=True)
+    _, leaf = next(iter_leaves(node, keys, repo.blocks.get))
+    pack, offset, _length = block_region(repo, leaf)
+    write_region(pack, offset, bytes([read_region(pack, offset, 1)[0] ^ 1]))  # damaged on disk
+    again = add_path(repo, tmp_path / "f", chunk_size=SMALL_CHUNK)
+    assert not again.existing and again.link.root != first.link.root
+    assert repo.read_pin(first.link.root).fingerprint is None  # nothing was recorded for it
+    out = tmp_path / "out"
+    get_link(repo, again.link, out)
+    assert out.read_bytes() == data
 
 
 def test_failed_add_leaves_nothing_behind(repo: Repo, tmp_path: Path) -> None:
