@@ -4,7 +4,9 @@
 The limit is what one core does on the same bytes with nothing but the data path's own work: seal with
 AES-256-GCM and hash with SHA-256, in memory, at the chosen chunk size. ``add`` and ``get`` run as
 separate processes (the real ``sealbox`` command) against a fresh repo, so their figures include
-start-up, reading the input, writing durable blocks (fsync per block) and writing the output.
+start-up, reading the input, writing durable blocks (fsynced before add returns) and writing the output.
+The copy, add and get each start after ``sync``: the benchmark's own writes before them (the 1 GiB input
+is written back 30 s after it was made, by default) must not land in their time.
 
     scripts/bench_add.py [--size 1GiB] [--chunk-size 256KiB ...] [--dir DIR] [--json FILE]
 
@@ -62,6 +64,12 @@ def copy_mb_s(src: Path, dst: Path) -> float:
     size = dst.stat().st_size
     dst.unlink()
     return size / MB / elapsed
+
+
+def settle() -> None:
+    """Let the disk finish what the benchmark itself left it (the input's writeback, the discards of
+    deleted files), so that each timed command starts from a quiet disk, as it would for a user."""
+    os.sync()
 
 
 def make_input(path: Path, size: int) -> None:
@@ -127,17 +135,20 @@ def main() -> None:
         per_gib = (1 << 30) / args.size
         for cs in chunk_sizes:
             limit = limit_mb_s(cs)
+            settle()
             copy = copy_mb_s(src, work / "copy.bin")
+            settle()
             repo = work / f"repo-{cs}"
             out = work / f"out-{cs}.bin"
             t_add, cpu_add, rss_add, link = run(
                 [sealbox, "--repo", str(repo), "-q", "add", "--chunk-size", str(cs), str(src)]
             )
             get = [sealbox, "--repo", str(repo), "-q", "get", link, "-o", str(out)]
+            settle()
             t_get, cpu_get, rss_get, _ = run(get)
             if sha256_file(out) != want:
                 sys.exit("get returned different bytes")
-            out.unlink()
+            out.unlink()  # not settled: "again" measures a get that reuses the pages the first one freed
             t_again, _cpu, _rss, _ = run(get)
             out.unlink()
             add_speed, get_speed, again_speed = (args.size / MB / t for t in (t_add, t_get, t_again))
