@@ -32,7 +32,7 @@ from protocol.link import ShareLink
 from protocol.manifest import DEFAULT_CHUNK, Entry, Node, check_chunk_size, encode_entry, encode_node
 from protocol.names import check_name
 from protocol.seal import NodeKeys, StreamKey, new_key
-from protocol.stream import Chunker, IndexBuilder, seal_chunk
+from protocol.stream import Chunker, IndexBuilder, content_length, seal_chunk
 
 Progress = Callable[[int], None]
 Warn = Callable[[str], None]
@@ -132,7 +132,7 @@ class _Adder:
         pending: deque[Future[tuple[bytes, int, bytes]]] = deque()
 
         def seal(position: int, chunk: bytes) -> None:
-            content = None if digest is None else max(0, min(self.cs, size - position * self.cs))
+            content = None if digest is None else content_length(size, self.cs, position)
             pending.append(self.pool.submit(self._seal_put, keys.data, position, chunk, content))
             while len(pending) > IN_FLIGHT:
                 drain()

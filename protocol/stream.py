@@ -68,6 +68,12 @@ def chunk_length(size: int, chunk_size: int, position: int) -> int:
     return min(chunk_size, padded_size(size) - position * chunk_size)
 
 
+def content_length(size: int, chunk_size: int, position: int) -> int:
+    """How much of data chunk ``position`` is the stream's content, not padding (0 for a chunk of
+    padding only)."""
+    return max(0, min(chunk_size, size - position * chunk_size))
+
+
 def open_chunk(
     key: StreamKey, node: Node, position: int, cid: bytes, block: bytes, *, verified: bool = False
 ) -> bytes:
@@ -95,7 +101,7 @@ def open_content(
     """:func:`open_chunk`, then the chunk's share of the node's content: the stream's padding is cut
     off and checked to be zeros."""
     plain = open_chunk(key, node, position, cid, block, verified=verified)
-    keep = max(0, min(len(plain), node.size - position * node.chunk_size))
+    keep = content_length(node.size, node.chunk_size, position)  # <= len(plain): open_chunk checked it
     if any(plain[keep:]):
         raise ManifestError("padding is not zero: the manifest or a block is wrong")
     return plain if keep == len(plain) else plain[:keep]
