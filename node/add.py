@@ -25,6 +25,7 @@ from node.errors import InputError, NodeError, RepoFullError
 from node.fingerprint import DirDigest, FileDigest, add_digest, chunk_digest
 from node.fsutil import full_error, is_full
 from node.get import added_digest
+from node.pool import worker_pool
 from node.repo import Pin, Repo, now
 from protocol.cid import cid_of
 from protocol.errors import ProtocolError, UnsafeNameError
@@ -302,15 +303,11 @@ def add_path(
         committed = False
         try:
             alike = _alike(repo, path)
-            with ThreadPoolExecutor(workers, thread_name_prefix="seal") as pool:
+            with worker_pool(workers, "seal") as pool:
                 adder = _Adder(
                     repo, writer, pool, chunk_size, progress, warn or (lambda _msg: None), bool(alike)
                 )
-                try:
-                    root, digest, kind = adder.add(path, name)
-                except BaseException:
-                    pool.shutdown(cancel_futures=True)
-                    raise
+                root, digest, kind = adder.add(path, name)
             adder.list_file.flush()
             os.fsync(adder.list_file.fileno())
             adder.list_file.close()

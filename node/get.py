@@ -24,6 +24,7 @@ from node.direct import DirectWriter
 from node.errors import DestinationError, NotFoundError
 from node.fingerprint import DirDigest, FileDigest, add_digest, chunk_digest
 from node.fsutil import fsync_dir, full_error, is_full, temp_name
+from node.pool import worker_pool
 from node.repo import Repo
 from protocol.cid import cid_to_text
 from protocol.errors import LinkError, ManifestError
@@ -166,15 +167,16 @@ class _Getter:
 def added_digest(repo: Repo, root: bytes, key: bytes) -> bytes:
     """The add digest (node/fingerprint.py) of a root this repo holds, made from its stored blocks: for
     an add that was made without one. The caller holds the repo's lock."""
-    with ThreadPoolExecutor(min(8, 2 * (os.cpu_count() or 1)), thread_name_prefix="open") as pool:
+    with worker_pool(_workers(), "open") as pool:
         getter = _Getter(repo.blocks, key, pool)
-        try:
-            node, keys = getter.open_node(0, root, root=True)
-            assert node.name is not None  # decode_node(root=True) checks it
-            return add_digest(getter.digest(node, keys), node.name, node.chunk_size)
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
+        node, keys = getter.open_node(0, root, root=True)
+        assert node.name is not None  # decode_node(root=True) checks it
+        return add_digest(getter.digest(node, keys), node.name, node.chunk_size)
+
+
+def _workers() -> int:
+    """Threads that read and open blocks: two per core (reads wait on the disk), eight at most."""
+    return min(8, 2 * (os.cpu_count() or 1))
 
 
 def _umask() -> int:
@@ -208,10 +210,9 @@ def get_link(
 ) -> GetResult:
     """Rebuild the file or tree ``link`` names from blocks in ``repo`` at ``dest``."""
 
-    workers = workers or min(8, 2 * (os.cpu_count() or 1))
     with (
         repo.lock(),
-        ThreadPoolExecutor(workers, thread_name_prefix="open") as pool,
+        worker_pool(workers or _workers(), "open") as pool,
         contextlib.closing(DirectWriter()) as out,
     ):
         getter = _Getter(repo.blocks, link.key, pool, out, progress)
@@ -223,18 +224,14 @@ def get_link(
         final = resolve_destination(dest, node.name)
         tmp = final.parent / temp_name("sealbox-get-")
         try:
-            try:
-                if node.kind == "file":
-                    getter.write_file(node, keys, tmp)
-                else:
-                    getter.write_dir(node, keys, tmp, 0)
-                if link.size is not None and link.size != getter.size:
-                    raise LinkError("the link's size does not match the content: the link is wrong")
-                _rename_no_replace(tmp, final)
-                fsync_dir(final.parent)
-            except BaseException:
-                pool.shutdown(cancel_futures=True)
-                raise
+            if node.kind == "file":
+                getter.write_file(node, keys, tmp)
+            else:
+                getter.write_dir(node, keys, tmp, 0)
+            if link.size is not None and link.size != getter.size:
+                raise LinkError("the link's size does not match the content: the link is wrong")
+            _rename_no_replace(tmp, final)
+            fsync_dir(final.parent)
         except OSError as exc:
             if is_full(exc):
                 raise full_error(final.parent) from None
