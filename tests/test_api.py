@@ -127,6 +127,25 @@ async def test_idle_connections_flooding_the_socket_do_not_starve_the_owners_cli
     assert daemon.stop()[0] == 0
 
 
+def test_the_daemon_log_holds_no_path_of_the_repo(
+    tmp_path: Path, run_cli: RunCli, daemons: Callable[..., Daemon]
+) -> None:
+    marker = "Marker-Path-7f3a"
+    repo = tmp_path / marker / "repo"
+    sample = tmp_path / f"{marker}-file.bin"
+    sample.write_bytes(b"x" * 1000)
+    daemon = daemons(repo)
+    daemon.wait_ready()
+    link = ok(run_cli("--repo", repo, "add", sample)).strip()
+    ok(run_cli("--repo", repo, "get", link, "-o", tmp_path / f"{marker}-copy.bin"))
+    ok(run_cli("--repo", repo, "rm", link))
+    ok(run_cli("--repo", repo, "status"))
+    assert daemon.stop()[0] == 0
+    log = daemon.output()
+    assert "ready: peer " in log and "stopped" in log
+    assert marker not in log and str(tmp_path) not in log
+
+
 # -- in process -------------------------------------------------------------------------------------
 
 
