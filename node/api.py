@@ -12,7 +12,9 @@ A connection goes through two phases, so that idle connections cannot starve the
    head at once) to send a complete request head with the right token; it holds no request slot. At most
    ``MAX_WAITING`` connections wait at once: a new one beyond that closes the one that has waited longest
    (evicted without an answer), so a flood of idle connections delays a real client by nothing but the
-   time to accept it. A wrong or missing token is answered 401 at once.
+   time to accept it. The kernel queues ``BACKLOG`` connections for accept, so a client's connect is not
+   refused while hundreds of flood connections are re-opened. A wrong or missing token is answered 401
+   at once.
 2. **A request.** An authorised head takes one of ``MAX_REQUESTS`` slots (a 503 answers when all are
    taken: only the token's holder can fill them), then has ``READ_TIMEOUT`` seconds for its body. The
    handler itself has no deadline: a fetch runs as long as it needs.
@@ -55,7 +57,7 @@ HEAD_TIMEOUT = 5.0  # seconds from accept to a complete request head
 READ_TIMEOUT = 10.0  # seconds from the head to the end of the body
 WRITE_TIMEOUT = 10.0
 RECEIVE_SIZE = 16 * 1024
-BACKLOG = 128
+BACKLOG = 1024  # connections the kernel queues for accept (capped by net.core.somaxconn)
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 Routes = Mapping[tuple[str, str], Handler]  # (method, path) -> handler

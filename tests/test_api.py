@@ -105,19 +105,22 @@ async def _idle_flood(sock: Path, connections: int, opened: trio.Event) -> None:
             nursery.start_soon(one)
 
 
+@pytest.mark.parametrize("connections", [40, api.MAX_WAITING + 16])
 async def test_idle_connections_flooding_the_socket_do_not_starve_the_owners_cli(
-    tmp_path: Path, run_cli: RunCli, daemons: Callable[..., Daemon]
+    tmp_path: Path, run_cli: RunCli, daemons: Callable[..., Daemon], connections: int
 ) -> None:
+    """40 idle connections (the issue's attack: more than the old 32 slots), then more than the
+    connections that may wait for a head at once (eviction); ``sealbox status`` works throughout."""
     repo = tmp_path / "repo"
     daemon = daemons(repo)
     peer_id = daemon.wait_ready()["peer_id"]
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
             opened = trio.Event()
-            nursery.start_soon(_idle_flood, repo / "api.sock", 40, opened)
+            nursery.start_soon(_idle_flood, repo / "api.sock", connections, opened)
             await opened.wait()
-            # one request behind the 40 in the accept queue: once it is answered (or dropped), the
-            # server has taken every one of them
+            # one request behind the flood in the accept queue: once it is answered, the server has
+            # taken every connection of the flood
             await trio.to_thread.run_sync(lambda: ApiClient(repo).call("GET", "/v1/peers", timeout=30))
             for _ in range(5):
                 result = await trio.to_thread.run_sync(lambda: run_cli("--repo", repo, "status", "--json"))
