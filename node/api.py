@@ -257,7 +257,10 @@ class _Server:
         body used to raise LocalProtocolError out of the handler and stop the daemon)."""
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        data = json.dumps(payload, ensure_ascii=False).encode()
+        # ASCII with \u escapes: a lone surrogate (a non-UTF-8 file name in an error message) cannot be
+        # encoded as UTF-8, and once raised UnicodeEncodeError here, outside any handler, and stopped the
+        # daemon
+        data = json.dumps(payload, ensure_ascii=True).encode("ascii")
         headers = [
             ("content-type", "application/json"),
             ("content-length", str(len(data))),

@@ -6,6 +6,7 @@ or a crashed one left its socket behind), and :class:`node.errors.ApiError` when
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,12 @@ class ApiClient:
             raise NoDaemon(f"no daemon runs on {self.repo_path} (start one with 'sealbox daemon')")
         import httpx  # here, not at the top: commands that find no daemon never pay for it
 
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")  # what httpx does, untrapped
+        except UnicodeEncodeError:
+            raise ApiError(
+                "a path or name given is not valid UTF-8 (a file name in another encoding?): rename it"
+            ) from None
         headers = {"authorization": f"Bearer {self._token() if token is None else token}"}
         transport = httpx.HTTPTransport(uds=os.fspath(self.socket))
         limits = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)

@@ -6,6 +6,7 @@ would meet them; the server's phases (waiting for a head, serving a request) in 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from node import api
 from node.api_client import ApiClient
 from node.api_json import MAX_DEPTH, nesting_depth, parse_object
 from node.errors import ApiError
-from tests.helpers import RunCli, ok
+from tests.helpers import RunCli, ok, one_error
 from tests.test_daemon import TOKEN, Daemon, _exchange, _request, _status, _with_server, daemons
 
 __all__ = ["daemons"]  # the fixture, shared with test_daemon.py
@@ -46,13 +47,15 @@ def _malicious_requests(token: str) -> list[tuple[str, str, str, bytes]]:
     """(what, method, path, body) of every hostile request the daemon must answer and survive."""
     out = [(what, "POST", "/v1/fetch", body) for what, body in MALICIOUS_BODIES]
     out += [(what, "POST", "/v1/rm", body) for what, body in MALICIOUS_BODIES[:3]]
+    # the error message quotes the path, which holds a lone surrogate: not encodable as UTF-8
+    out.append(("a path that is not UTF-8", "POST", "/v1/add", b'{"path": "/nonexistent/bad\\udcffname"}'))
     out.append(("HEAD on an endpoint", "HEAD", "/v1/status", b""))
     out.append(("HEAD on no endpoint", "HEAD", "/v1/nothing", b""))
     return out
 
 
 def test_malicious_bodies_are_refused_and_the_daemon_keeps_answering(
-    tmp_path: Path, daemons: Callable[..., Daemon]
+    tmp_path: Path, run_cli: RunCli, daemons: Callable[..., Daemon]
 ) -> None:
     repo = tmp_path / "repo"
     daemon = daemons(repo)
@@ -69,6 +72,10 @@ def test_malicious_bodies_are_refused_and_the_daemon_keeps_answering(
                 assert "error" in answer.json(), what
             # the daemon is still up after each one
             assert ApiClient(repo).call("GET", "/v1/status", timeout=30)["seed"] is True, what
+    # the CLI cannot send a file name that is not UTF-8 to the daemon: one line, not a traceback
+    odd = tmp_path / os.fsdecode(b"odd\xffname.txt")
+    odd.write_bytes(b"x")
+    assert "not valid UTF-8" in one_error(run_cli("--repo", repo, "add", odd))
     assert daemon.proc.poll() is None
     assert "Traceback" not in daemon.output()
     assert daemon.stop()[0] == 0
