@@ -147,8 +147,12 @@ def test_the_daemon_log_holds_no_path_of_the_repo(
     daemon = daemons(repo)
     daemon.wait_ready()
     link = ok(run_cli("--repo", repo, "add", sample)).strip()
-    ok(run_cli("--repo", repo, "get", link, "-o", tmp_path / f"{marker}-copy.bin"))
-    ok(run_cli("--repo", repo, "rm", link))
+    # through the daemon, with the link on stdin and in a file (tests/test_cli_secrets.py has the rest)
+    ok(run_cli("--repo", repo, "get", "-", "-o", tmp_path / f"{marker}-copy.bin", input=link))
+    assert (tmp_path / f"{marker}-copy.bin").read_bytes() == sample.read_bytes()
+    link_file = tmp_path / f"{marker}-link.txt"
+    link_file.write_text(link)
+    ok(run_cli("--repo", repo, "rm", "--link-file", link_file))
     ok(run_cli("--repo", repo, "status"))
     assert daemon.stop()[0] == 0
     log = daemon.output()
