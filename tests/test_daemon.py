@@ -14,6 +14,7 @@ import signal
 import socket
 import stat
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -392,14 +393,27 @@ def _status(answer: bytes) -> int:
 
 
 async def _with_server(
-    tmp_path: Path, body: Callable[[Path], Awaitable[None]], *, read_timeout: float = 5.0
+    tmp_path: Path,
+    body: Callable[[Path], Awaitable[None]],
+    *,
+    read_timeout: float = 5.0,
+    **options: Any,
 ) -> None:
+    """Serve test routes on ``tmp_path/api.sock`` while ``body`` runs; ``read_timeout`` is the deadline
+    for the head and for the body; ``options`` go to :func:`node.api.serve`."""
     path = tmp_path / "api.sock"
     routes: api.Routes = {("POST", "/v1/echo"): _echo, ("GET", "/v1/bad"): _bad}
     async with trio.open_nursery() as nursery:
         await nursery.start(
-            lambda task_status: api.serve(
-                path, TOKEN, routes, read_timeout=read_timeout, max_body=1024, task_status=task_status
+            partial(
+                api.serve,
+                path,
+                TOKEN,
+                routes,
+                head_timeout=read_timeout,
+                read_timeout=read_timeout,
+                max_body=1024,
+                **options,
             )
         )
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
