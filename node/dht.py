@@ -120,18 +120,15 @@ def provider_key(root: bytes) -> bytes:
 
 class _DropStreamEOF(logging.Filter):
     """Drop the warning KadDHT logs when a peer ends a stream normally (a StreamEOF, not a failure), and
-    for each request ``node.dht_guard`` refused or found too large (a flood must not flood the log)."""
+    for each request ``node.dht_guard`` refused (a flood must not flood the log)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         return not (
-            (
-                record.msg == "Failed to read DHT message from stream: %s"
-                and isinstance(args, tuple)
-                and len(args) == 1
-                and isinstance(args[0], StreamEOF | DhtRefused)
-            )
-            or record.msg == "DHT message too large (max %s bytes)"
+            record.msg == "Failed to read DHT message from stream: %s"
+            and isinstance(args, tuple)
+            and len(args) == 1
+            and isinstance(args[0], StreamEOF | DhtRefused)
         )
 
 

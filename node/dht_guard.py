@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import trio
 from libp2p.abc import IHost, INetStream
+from libp2p.io.exceptions import MessageTooLarge
 from libp2p.kad_dht.common import BUCKET_SIZE
 from libp2p.kad_dht.pb.kademlia_pb2 import Message as KadMessage
 from libp2p.kad_dht.provider_store import ProviderStore
@@ -97,9 +98,12 @@ class DhtGuard:
         if refused is None and message.type == KadMessage.MessageType.ADD_PROVIDER and not self._take(peer):
             refused = "ADD_PROVIDER rate"
         if refused is not None:
-            self.refused[refused] += 1
-            log.debug("DHT request refused: %s", refused)
-            raise DhtRefused(refused)
+            self.refuse(refused)
+
+    def refuse(self, reason: str) -> NoReturn:
+        self.refused[reason] += 1
+        log.debug("DHT request refused: %s", reason)
+        raise DhtRefused(reason)
 
     def _take(self, peer: ID) -> bool:
         """One ADD_PROVIDER token from ``peer``'s bucket, if it has one."""
@@ -126,7 +130,10 @@ class _GuardedStream:
 
     async def read(self, n: int | None = None) -> bytes:
         if not self._pending:
-            body = await read_varint_prefixed_bytes_limited(self._stream, self._guard.max_message)
+            try:
+                body = await read_varint_prefixed_bytes_limited(self._stream, self._guard.max_message)
+            except MessageTooLarge:
+                self._guard.refuse("too large")
             message = KadMessage()
             message.ParseFromString(body)  # a DecodeError goes to the library's handler, which resets
             self._guard.admit(self._stream.muxed_conn.peer_id, message)

@@ -15,6 +15,19 @@ inbound connection ever made keeps its slot, its task and what they reference; a
 seconds by connecting and disconnecting. The patched function waits for whichever comes first: the
 connection's muxer closing (``event_closed``, set by yamux and mplex once the secured connection is
 closed) or the swarm finishing; a muxer without ``event_closed`` keeps the library's behaviour.
+
+**A reset yamux stream keeps what the peer sent.** ``YamuxStream.reset`` marks the stream closed, but
+while its receive buffer holds unread data the connection keeps the stream and the buffer for 60 s
+(``_STALE_STREAM_GRACE_SECONDS``), and frames that arrive meanwhile are still added to it. A request we
+refuse by resetting its stream (``node/dht_guard.py``) thus stayed in memory: 300 refused 1 MB
+PUT_VALUEs on one connection held 288 MB. Nobody can read a stream this side has reset, so the patched
+``reset`` drops the buffer and the stream's entry at once; later frames for it are then ignored (as
+for any stream the connection no longer knows). A stream the *peer* resets is left as it was: its
+reader may still read what arrived before the reset.
+
+Not patched, for whoever owns the muxer next: py-libp2p's yamux does not enforce the receive window
+it grants (a frame over the window is logged and buffered anyway), so a peer that ignores the window
+can make any unread stream buffer grow without bound.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import trio
 from libp2p.abc import IMuxedConn
 from libp2p.network import swarm as _swarm_module
 from libp2p.network.connection.raw_connection import RawConnection
+from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
 if TYPE_CHECKING:
     from libp2p.io.abc import ReadWriteCloser
@@ -101,6 +115,20 @@ async def _do_handle_inbound_connection(
                 await report_failure()
 
 
+_library_reset = YamuxStream.reset
+
+
+async def _reset_and_drop(self: YamuxStream) -> None:
+    """``YamuxStream.reset``, then drop what is buffered for the stream and its entry (see above)."""
+    await _library_reset(self)
+    conn = self.conn
+    async with conn.streams_lock:
+        buffer = conn.stream_buffers.get(self.stream_id)
+        if buffer:
+            buffer.clear()
+        conn._finalize_stream_locked(self, fully_closed=True)
+
+
 def apply() -> None:
     """Install the patches (once); refuse a py-libp2p other than the one they were checked against."""
     global _applied
@@ -114,4 +142,6 @@ def apply() -> None:
         )
     swarm_class: Any = _swarm_module.Swarm
     swarm_class._do_handle_inbound_connection = _do_handle_inbound_connection
+    stream_class: Any = YamuxStream
+    stream_class.reset = _reset_and_drop
     _applied = True

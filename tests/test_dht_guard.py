@@ -93,19 +93,25 @@ def remote_records(dht: Dht) -> int:
 
 
 async def test_values_are_refused_and_nothing_is_stored() -> None:
-    """Values of 30 KiB under a namespace with no validator: stored by py-libp2p 0.8.1, refused here."""
+    """1 MB values under a namespace with no validator: stored by py-libp2p 0.8.1, refused here."""
     with trio.fail_after(60):
         async with victim() as dht, attacker(dht) as bad:
             for i in range(20):
                 key = f"/junk/{i}".encode()
-                assert not await ask(bad, dht, put_value(bad, key, os.urandom(30 * 1024)))
+                assert not await ask(
+                    bad, dht, put_value(bad, key, os.urandom(1_000_000 if i % 2 else 30_000))
+                )
             get = KadMessage()
             get.type = KadMessage.MessageType.GET_VALUE
             get.key = b"/junk/0"
             assert not await ask(bad, dht, get)
             assert dht.kad.get_value_store_size() == 0
+            # and the refused requests' bytes are not kept by the connection either (node/libp2p_patches.py)
+            [conn] = dht.host.get_network().get_connections(bad.get_id())
+            buffers: dict[int, bytearray] = getattr(conn.muxed_conn, "stream_buffers")  # noqa: B009
+            assert sum(len(b) for b in buffers.values()) < 64 * 1024
             assert dht.guard is not None
-            assert dht.guard.refused["PUT_VALUE"] == 20
+            assert dht.guard.refused["PUT_VALUE"] == dht.guard.refused["too large"] == 10
             assert dht.guard.refused["GET_VALUE"] == 1
             # the DHT itself still answers
             ping = KadMessage()

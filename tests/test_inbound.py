@@ -228,9 +228,11 @@ async def stay_together(server: IHost, watcher: Watch, count: int) -> int:
 
 def test_the_patch_is_installed_for_the_library_version_it_was_checked_against() -> None:
     from libp2p.network.swarm import Swarm
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
     assert importlib.metadata.version("libp2p") == libp2p_patches.LIBP2P_VERSION
     assert getattr(Swarm, "_do_handle_inbound_connection") is libp2p_patches._do_handle_inbound_connection  # noqa: B009
+    assert YamuxStream.reset is libp2p_patches._reset_and_drop
     assert DEFAULT_MAX_CONNECTIONS == 64  # the figure the regression tests above go past
 
 
