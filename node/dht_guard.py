@@ -23,6 +23,11 @@ measured on loopback, and what this module does about it:
   ``ADD_PROVIDER_RATE`` per second (our own announcements are spaced 1.1 s apart, ``PROVIDE_SPACING``);
   a request over the rate is refused. The library's own limit (10 per 10 s window) stays too.
 
+- **Streams held open.** The library serves at most 12 inbound DHT streams at once and resets the
+  rest, and waits for a stream's next request for ever: one peer holding 12 idle streams shut
+  everyone else out of our DHT. A peer gets at most ``MAX_STREAMS_PER_PEER`` streams served at once,
+  and a stream that does not deliver its next request within ``READ_TIMEOUT`` is reset.
+
 A refused request resets its stream, as the library does for the requests it refuses, and is counted
 in ``DhtGuard.refused``; it is logged at debug level only (a flood must not flood the logs).
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import trio
@@ -39,8 +45,10 @@ from libp2p.io.exceptions import MessageTooLarge
 from libp2p.kad_dht.common import BUCKET_SIZE
 from libp2p.kad_dht.pb.kademlia_pb2 import Message as KadMessage
 from libp2p.kad_dht.provider_store import ProviderStore
+from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.utils.varint import encode_uvarint, read_varint_prefixed_bytes_limited
 
 from node.errors import NetworkError
@@ -58,6 +66,8 @@ MAX_PROVIDER_ADDRS = 8
 MAX_ADDR_BYTES = 256
 ADD_PROVIDER_RATE = 1.0  # per second, per peer
 ADD_PROVIDER_BURST = 10.0
+MAX_STREAMS_PER_PEER = 4  # inbound DHT streams of one peer served at once (the library serves 12 in all)
+READ_TIMEOUT = 10.0  # seconds an inbound DHT stream may take to deliver its next request
 MAX_RATE_TRACKED = 4096  # peers whose bucket is remembered; the fullest are forgotten first
 
 _REFUSED_TYPES = {
@@ -87,10 +97,26 @@ class DhtGuard:
         self.provide_burst = provide_burst
         self.refused: Counter[str] = Counter()
         self._buckets: dict[ID, tuple[float, float]] = {}  # peer -> (tokens, when)
+        self.max_streams_per_peer = MAX_STREAMS_PER_PEER
+        self.read_timeout = READ_TIMEOUT
+        self._streams: Counter[ID] = Counter()
 
     async def handle_stream(self, stream: INetStream) -> None:
-        """The DHT protocol's stream handler: the library's, reading through :class:`_GuardedStream`."""
-        await self.kad.handle_stream(cast(INetStream, _GuardedStream(stream, self)))
+        """The DHT protocol's stream handler: the library's, reading through :class:`_GuardedStream`,
+        for at most ``max_streams_per_peer`` streams of one peer at a time."""
+        peer = stream.muxed_conn.peer_id
+        if self._streams[peer] >= self.max_streams_per_peer:
+            self.refused["streams"] += 1
+            with suppress(StreamError, MuxedStreamError, trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.reset()
+            return
+        self._streams[peer] += 1
+        try:
+            await self.kad.handle_stream(cast(INetStream, _GuardedStream(stream, self)))
+        finally:
+            self._streams[peer] -= 1
+            if not self._streams[peer]:
+                del self._streams[peer]
 
     def admit(self, peer: ID, message: KadMessage) -> None:
         """Raise :class:`DhtRefused` for a request we do not serve."""
@@ -130,10 +156,14 @@ class _GuardedStream:
 
     async def read(self, n: int | None = None) -> bytes:
         if not self._pending:
-            try:
-                body = await read_varint_prefixed_bytes_limited(self._stream, self._guard.max_message)
-            except MessageTooLarge:
-                self._guard.refuse("too large")
+            body = b""
+            with trio.move_on_after(self._guard.read_timeout) as waiting:
+                try:
+                    body = await read_varint_prefixed_bytes_limited(self._stream, self._guard.max_message)
+                except MessageTooLarge:
+                    self._guard.refuse("too large")
+            if waiting.cancelled_caught:
+                self._guard.refuse("idle")
             message = KadMessage()
             message.ParseFromString(body)  # a DecodeError goes to the library's handler, which resets
             self._guard.admit(self._stream.muxed_conn.peer_id, message)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import trio
 import trio.testing
 from libp2p.abc import IHost
 from libp2p.custom_types import TProtocol
+from libp2p.host.exceptions import StreamFailure
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL_ID
 from libp2p.kad_dht.pb.kademlia_pb2 import Message as KadMessage
 from libp2p.network.stream.exceptions import StreamError
@@ -212,3 +213,27 @@ async def test_the_store_accounting_follows_expiry_refresh_and_eviction() -> Non
 def open_peer() -> PeerInfo:
     peer = ID.from_base58(peer_id_of(new_identity()))
     return PeerInfo(peer, [Multiaddr("/ip4/127.0.0.1/tcp/4001")])
+
+
+async def test_idle_streams_of_one_peer_do_not_shut_others_out_and_time_out() -> None:
+    """The library serves 12 inbound DHT streams at once and waits for a request for ever: one peer's
+    12 silent streams used to take them all."""
+    with trio.fail_after(60):
+        async with victim() as dht, attacker(dht) as bad, attacker(dht) as other:
+            assert dht.guard is not None
+            dht.guard.read_timeout = 0.5  # the default, 10 s, scaled down
+            streams = []
+            for _ in range(12):  # silent streams; past 4, the node resets them as they open
+                with suppress(StreamFailure):
+                    streams.append(await bad.new_stream(dht.host.get_id(), [TProtocol(KAD_PROTOCOL_ID)]))
+            ping = KadMessage()
+            ping.type = KadMessage.MessageType.PING
+            assert await ask(other, dht, ping)
+            for stream in streams:  # each silent stream ends: refused at once, or reset once idle
+                try:
+                    await read_varint_prefixed_bytes_limited(stream, ANSWER_LIMIT)
+                    raise AssertionError("a silent stream got an answer")
+                except (StreamError, OSError, ValueError, EOFError):
+                    pass
+            assert dht.guard.refused["streams"] + dht.guard.refused["idle"] == 12
+            assert dht.guard.refused["idle"] <= 4
