@@ -25,9 +25,14 @@ PUT_VALUEs on one connection held 288 MB. Nobody can read a stream this side has
 for any stream the connection no longer knows). A stream the *peer* resets is left as it was: its
 reader may still read what arrived before the reset.
 
-Not patched, for whoever owns the muxer next: py-libp2p's yamux does not enforce the receive window
-it grants (a frame over the window is logged and buffered anyway), so a peer that ignores the window
-can make any unread stream buffer grow without bound.
+**Yamux's receive window is not enforced.** A DATA frame over the window this side granted is
+logged ("peer exceeded receive window") and buffered anyway, so a peer that ignores the window could
+make the buffer of any stream nobody reads grow without bound. Each connection's buffers are made
+:class:`_StreamBuffer` objects: a frame over the stream's window (its ``recv_window``, checked before the
+library subtracts the frame from it, so exactly where the library would log the warning) is dropped
+and the stream is marked reset, its buffer emptied; the stream's reader gets a reset. No
+window-respecting sender sees a difference (no such warning in the exchange and netget tests). The
+library's warning, once per frame, is dropped (a flood must not flood the log).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import trio
 from libp2p.abc import IMuxedConn
 from libp2p.network import swarm as _swarm_module
 from libp2p.network.connection.raw_connection import RawConnection
-from libp2p.stream_muxer.yamux.yamux import YamuxStream
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
 if TYPE_CHECKING:
     from libp2p.io.abc import ReadWriteCloser
@@ -129,6 +134,54 @@ async def _reset_and_drop(self: YamuxStream) -> None:
         conn._finalize_stream_locked(self, fully_closed=True)
 
 
+class _StreamBuffer(bytearray):
+    """A yamux stream's receive buffer that refuses data beyond the stream's receive window."""
+
+    def __init__(self, conn: Yamux, stream_id: int, data: bytes = b"") -> None:
+        super().__init__(data)
+        self._conn = conn
+        self._stream_id = stream_id
+
+    def extend(self, data: Any) -> None:
+        stream = self._conn.streams.get(self._stream_id)
+        if stream is None or len(data) <= stream.recv_window:
+            super().extend(data)
+            return
+        if not stream.reset_received:
+            log.debug("yamux: a peer sent %d bytes over a stream's receive window; stream reset", len(data))
+        stream.closed = stream.recv_closed = stream.send_closed = True
+        stream.reset_received = True
+        self.clear()
+
+
+class _StreamBuffers(dict[int, bytearray]):
+    """``Yamux.stream_buffers``: every buffer the library puts in is a :class:`_StreamBuffer`."""
+
+    def __init__(self, conn: Yamux) -> None:
+        super().__init__()
+        self._conn = conn
+
+    def __setitem__(self, stream_id: int, buffer: bytearray) -> None:
+        if not isinstance(buffer, _StreamBuffer):
+            buffer = _StreamBuffer(self._conn, stream_id, bytes(buffer))
+        super().__setitem__(stream_id, buffer)
+
+
+class _DropWindowWarning(logging.Filter):
+    """Drop yamux's per-frame "peer exceeded receive window" warning: :class:`_StreamBuffer` acts on it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "peer exceeded receive window" not in str(record.msg)
+
+
+_library_yamux_init = Yamux.__init__
+
+
+def _yamux_init(self: Yamux, *args: Any, **kwargs: Any) -> None:
+    _library_yamux_init(self, *args, **kwargs)
+    self.stream_buffers = _StreamBuffers(self)
+
+
 def apply() -> None:
     """Install the patches (once); refuse a py-libp2p other than the one they were checked against."""
     global _applied
@@ -144,4 +197,7 @@ def apply() -> None:
     swarm_class._do_handle_inbound_connection = _do_handle_inbound_connection
     stream_class: Any = YamuxStream
     stream_class.reset = _reset_and_drop
+    yamux_class: Any = Yamux
+    yamux_class.__init__ = _yamux_init
+    logging.getLogger("libp2p.stream_muxer.yamux.yamux").addFilter(_DropWindowWarning())
     _applied = True
