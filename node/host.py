@@ -26,9 +26,11 @@ What the measurements in ``shared/guides/py-libp2p-notes.md`` made us set, and w
 - No discovery beyond what Sealbox asks for: mDNS, UPnP and bootstrap lists stay off (they would send
   packets beyond the addresses we are told to use), and TCP is the only transport.
 - Shutting down with dials in flight logs harmless ``LifecycleError`` warnings: expected, left alone.
-- An inbound connection holds one of ``max_connections`` inbound slots until the whole swarm stops, not
-  until it closes: after 64 inbound connections in its life a node refused every new peer.
-  ``node/libp2p_patches.py`` (applied on import) frees the slot when the connection closes.
+- Patched in ``node/libp2p_patches.py`` (applied on import, for 0.8.1 only): an inbound connection
+  held one of ``max_connections`` inbound slots until the whole swarm stopped, so after 64 inbound
+  connections in its life a node refused every new peer (the slot is now freed when the connection
+  closes); a yamux stream this side resets kept the peer's unread data for 60 s; and yamux buffered
+  frames over the receive window it granted (such a frame now resets the stream).
 
 Found while writing this module (not in the notes):
 
