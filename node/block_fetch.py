@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import trio
 from libp2p.abc import IHost, INetStream
+from libp2p.network.stream.exceptions import StreamEOF
 
-from node.block_server import _STREAM_ERRORS, MAX_WAITING, READ_SIZE, _reset
+from node.block_server import _STREAM_ERRORS, MAX_WAITING, READ_SIZE, SERVER_MAX_OPEN, _reset
 from node.blockstore import BlockStore, PackWriter
 from node.errors import NetworkError
 from node.host import open_stream_redialing
@@ -86,7 +87,7 @@ class _Session:
     ignored: set[int] = field(default_factory=set)  # cancelled or timed out: late answers are dropped
 
 
-_Event = tuple[str, "Message | _Stored | _Corrupt | _Opened | None"]
+_Event = tuple[str, "Message | _Stored | _Corrupt | _Broken | _Opened | None"]
 
 
 async def fetch_blocks(
@@ -108,9 +109,12 @@ async def fetch_blocks(
     ``on_block(cid, peer, size)``, if given, is called for each block stored. ``discover``, if given,
     is called 3 s into the fetch and then at doubling intervals (up to 30 s) for
     the peer ids that provide the blocks now; new ones join the fetch.
+
+    At most ``SERVER_MAX_OPEN`` requests are open to one peer whatever ``window`` says: a server stops
+    reading past that many (the spec's backpressure), so a deeper window would only wait in the stream.
     """
     stats = FetchStats()
-    plan = FetchPlan(window=window)
+    plan = FetchPlan(window=max(1, min(window, SERVER_MAX_OPEN)))
     wanted = list(cids)
     held = store.locate(wanted)  # in a few queries: one per block took seconds for a big file
     for cid in wanted:
@@ -211,6 +215,14 @@ class _Stored:
 
 
 @dataclass(frozen=True, slots=True)
+class _Broken:
+    """A reader's stream broke the protocol (``reason``): a malformed frame or message, or the stream
+    ended inside a frame. The peer is dropped for the rest of the fetch."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Corrupt:
     """A reader got a block for ``request`` that does not hash to the CID asked for."""
 
@@ -258,7 +270,16 @@ async def _read_replies(session: _Session, writer: PackWriter, send: trio.Memory
                         await send.send((peer, _Corrupt(block.request, len(block.data))))
                         return
                     await send.send((peer, _Stored(block.request, len(block.data))))
-        except (MessageError, *_STREAM_ERRORS):
+            if not decoder.at_boundary():  # the peer closed its side in the middle of a frame
+                raise MessageError("the stream ended inside a frame")
+        except StreamEOF:
+            if not decoder.at_boundary():
+                with trio.CancelScope(shield=True), contextlib.suppress(trio.BrokenResourceError):
+                    await send.send((peer, _Broken("the stream ended inside a frame")))
+        except MessageError as exc:
+            with trio.CancelScope(shield=True), contextlib.suppress(trio.BrokenResourceError):
+                await send.send((peer, _Broken(str(exc))))
+        except _STREAM_ERRORS:
             pass
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(trio.BrokenResourceError):
@@ -309,7 +330,7 @@ async def _run_fetch(
             except _STREAM_ERRORS:
                 await drop(peer, bad=False)
 
-    async def handle(peer: str, message: Message | _Opened | _Stored | _Corrupt | None) -> None:
+    async def handle(peer: str, message: Message | _Opened | _Stored | _Corrupt | _Broken | None) -> None:
         nonlocal uncommitted, last_commit
         if isinstance(message, _Opened):
             opening.discard(peer)
@@ -317,6 +338,11 @@ async def _run_fetch(
         if message is None:  # a stream failed to open, ended or broke
             opening.discard(peer)
             await drop(peer, bad=False)
+            return
+        if isinstance(message, _Broken):
+            if peer in sessions:
+                log.info("block exchange: %s broke the protocol (%s); dropping it", peer, message.reason)
+                await drop(peer, bad=True)
             return
         session = sessions.get(peer)
         if session is None:
