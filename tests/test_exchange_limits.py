@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
 import pytest
 import trio
 from libp2p.abc import IHost, INetStream
@@ -28,8 +29,10 @@ from protocol.messages import (
     Block,
     FrameDecoder,
     Message,
+    MessageError,
     NotFound,
     Want,
+    decode_body,
     encode_message,
 )
 
@@ -329,3 +332,27 @@ async def test_not_found_answers_remembered_are_capped_per_stream_and_in_all(tmp
             assert server.server.remembered() and sum(server.server.remembered()) <= 100
             assert server.server.waiting <= 100
     assert server.server.waiting == 0
+
+
+# -- item 9 (messages): no message holds a map, so none can repeat a key ------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [1, 7, {b"a": 1, b"b": 2}],
+        [4, {0: 1}],
+        [2, 7, b"x", {}],
+    ],
+)
+def test_a_message_holding_a_map_is_refused(fields: list[object]) -> None:
+    # (msgpack cannot even build a map that repeats a key from a dict: the decoder refuses any map)
+    body = msgpack.packb(fields, use_bin_type=True)
+    with pytest.raises(MessageError):
+        decode_body(body)
+
+
+def test_a_map_that_repeats_a_key_is_refused() -> None:
+    body = bytes([0x93, 0x01, 0x07, 0x82, 0x01, 0x01, 0x01, 0x02])  # [1, 7, {1: 1, 1: 2}]
+    with pytest.raises(MessageError):
+        decode_body(body)
