@@ -5,7 +5,8 @@ its memory (issue 12, item 5c).
 A real daemon runs as a subprocess on a fresh repo holding a random file (the figure is that process's
 RSS alone); this script is the attacker, a libp2p host on loopback. It opens STREAMS streams to the
 daemon, writes WANTS requests for the file's blocks on each and never reads an answer; then, on one more
-stream, FLOOD requests for blocks the daemon lacks (each answered NOT_FOUND, which a server remembers to
+stream, from a second identity (the first may be at the daemon's per-peer stream cap), FLOOD requests
+for blocks the daemon lacks (each answered NOT_FOUND, which a server remembers to
 send HAVE later) in one write. Printed: the daemon's RSS before, its peak (VmHWM) and its RSS once the
 attack has gone on for HOLD seconds, and how many of the streams the daemon refused (reset at once).
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import subprocess
@@ -71,6 +73,16 @@ def start_daemon(repo: Path, home: Path) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError(f"the daemon exited ({proc.wait()}) before it was ready")
 
 
+async def hold(seconds: float, pid: int) -> int:
+    """Let the daemon work through what it can for ``seconds`` (the attacker never reads); returns the
+    highest RSS seen meanwhile."""
+    peak = rss_kib(pid)
+    for _ in range(int(seconds * 2)):
+        await trio.sleep(0.5)  # a sampling interval, not a synchronisation
+        peak = max(peak, rss_kib(pid))
+    return peak
+
+
 async def attack(addr: str, cids: list[bytes], args: argparse.Namespace, pid: int) -> dict[str, int]:
     refused = 0
     async with open_host(new_identity()) as host:
@@ -86,15 +98,14 @@ async def attack(addr: str, cids: list[bytes], args: argparse.Namespace, pid: in
                 continue
             streams.append(stream)
         flood = b"".join(encode_message(Want(n, cid_of(n.to_bytes(8, "big")))) for n in range(args.flood))
-        try:
-            last = await open_stream(host, peer, PROTOCOL_ID)
-            await last.write(flood)
-        except (NetworkError, BaseLibp2pError, OSError, trio.BrokenResourceError):
-            refused += 1
-        peak = rss_kib(pid)
-        for _ in range(int(args.hold * 2)):  # the daemon works through what it can; we never read
-            await trio.sleep(0.5)
-            peak = max(peak, rss_kib(pid))
+        async with open_host(new_identity()) as second:
+            await connect(second, addr)
+            try:
+                last = await open_stream(second, peer, PROTOCOL_ID)
+                await last.write(flood)
+            except (NetworkError, BaseLibp2pError, OSError, trio.BrokenResourceError):
+                refused += 1
+            peak = await hold(args.hold, pid)
         # which streams did the daemon reset? A refused stream's read fails at once.
         reset = 0
 
@@ -118,6 +129,7 @@ async def attack(addr: str, cids: list[bytes], args: argparse.Namespace, pid: in
 
 
 def main() -> None:
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)  # the attacker's own failed negotiations
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--wants", type=int, default=64)
@@ -133,8 +145,12 @@ def main() -> None:
         sample.write_bytes(os.urandom(args.size))
         repo_path = base / "repo"
         env = {k: v for k, v in os.environ.items() if k != "SEALBOX_REPO"} | {"HOME": str(base / "home")}
-        subprocess.run([SEALBOX, "--repo", str(repo_path), "add", str(sample)], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [SEALBOX, "--repo", str(repo_path), "add", str(sample)],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         repo = Repo.open(repo_path, create=False)
         try:
             cids = [cid for cid, _ in repo.blocks]
@@ -154,7 +170,8 @@ def main() -> None:
         return
     mb = 1024
     print(
-        f"daemon RSS {result['rss_before_kib'] / mb:.0f} MB before, peak {result['rss_peak_kib'] / mb:.0f} MB "
+        f"daemon RSS {result['rss_before_kib'] / mb:.0f} MB before, "
+        f"peak {result['rss_peak_kib'] / mb:.0f} MB "
         f"(+{(result['rss_peak_kib'] - result['rss_before_kib']) / mb:.0f} MB), "
         f"{result['rss_during_kib'] / mb:.0f} MB at the end of the attack; "
         f"{result['streams_refused_or_reset']} of {args.streams + 1} streams refused or reset; "
