@@ -53,11 +53,12 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 SERVER_MAX_OPEN = 64  # requests of one stream open at once; past it the server stops reading
-MAX_STREAMS_PER_PEER = 8  # inbound block streams one peer may hold (a fetch uses one per provider)
-MAX_STREAMS = 128  # inbound block streams in all
+MAX_STREAMS_PER_PEER = 32  # inbound block streams of one peer (a fetch uses one per provider; the
+# daemon runs as many fetches at once as its API takes requests, 32)
+MAX_STREAMS = 256  # inbound block streams in all
 LOAD_BATCH = 4  # replies read from the store in one worker-thread call
 LOAD_AHEAD = 8  # replies framed and waiting to be written
-SEND_BUFFER = 32 << 20  # bytes of replies read and not yet written, every stream together
+SEND_BUFFER = 16 << 20  # bytes of replies read and not yet written, every stream together
 READ_SIZE = 1 << 20
 REQUEST_READ_SIZE = 1 << 16  # a server reads requests in pieces this size (a WANT is 44 bytes)
 MAX_REQUEST_FRAME = 64  # bytes of a request frame's body: a WANT is 41, a CANCEL at most 7
