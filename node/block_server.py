@@ -17,9 +17,11 @@ What a remote peer can make this server hold is bounded (issue 12, item 5c):
 - NOT_FOUND answers remembered to send HAVE later: ``MAX_WAITING`` per stream, ``MAX_WAITING_TOTAL``
   in all (past that a stream forgets its own oldest; a stream holding none remembers nothing more).
 
-Left to the library: py-libp2p 0.8.1's yamux buffers whatever a peer sends on a stream, even past the
-receive window it granted (it logs a warning), so a peer that ignores the window can still make a
-stream that is not read buffer more than that window.
+- requests waiting unread while the server does not read: at most ``MAX_BACKLOG`` bytes. py-libp2p
+  0.8.1's yamux buffers whatever a peer sends on a stream, past the receive window it granted too (it
+  only logs a warning), so stopping to read bounds nothing by itself: while a stream is paused the
+  server looks at that buffer every ``BACKLOG_CHECK`` seconds (``_unread``, which reads yamux's
+  ``stream_buffers``) and resets a stream that holds more (a protocol error).
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ SEND_BUFFER = 16 << 20  # bytes of replies read and not yet written, every strea
 READ_SIZE = 1 << 20
 REQUEST_READ_SIZE = 1 << 16  # a server reads requests in pieces this size (a WANT is 44 bytes)
 MAX_REQUEST_FRAME = 64  # bytes of a request frame's body: a WANT is 41, a CANCEL at most 7
+MAX_BACKLOG = 1 << 20  # bytes of requests (~24,000 WANTs) a paused stream may leave unread
+BACKLOG_CHECK = 0.05  # seconds between looks at that, while paused
 MAX_WAITING = 8192  # NOT_FOUND answers a server remembers per stream, to send HAVE for them later
 MAX_WAITING_TOTAL = 65536  # and in all (each costs ~200 bytes)
 _STREAM_ERRORS = (BaseLibp2pError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -263,7 +267,13 @@ class BlockServer:
                     for message in decoder.feed(data):
                         if isinstance(message, Want):
                             while len(queue) + len(answering) >= self.max_open:
-                                await room.wait()
+                                with trio.move_on_after(BACKLOG_CHECK):
+                                    await room.wait()
+                                if _unread(stream) > MAX_BACKLOG:
+                                    raise MessageError(
+                                        f"over {MAX_BACKLOG} bytes of requests wait unread behind"
+                                        f" {self.max_open} open"
+                                    )
                             if message.request in queue or message.request in answering:
                                 raise MessageError(f"request id {message.request} is already open")
                             queue[message.request] = message.cid
@@ -363,6 +373,18 @@ class BlockServer:
         else:
             with contextlib.suppress(*_STREAM_ERRORS):
                 await stream.close()
+
+
+def _unread(stream: INetStream) -> int:
+    """Bytes py-libp2p 0.8.1's yamux holds for ``stream`` that nobody has read yet (0 where the stream
+    is not a yamux one): ``NetStream.muxed_stream`` is a ``YamuxStream``, whose connection keeps
+    ``stream_buffers[stream_id]``."""
+    muxed = getattr(stream, "muxed_stream", None)
+    buffers = getattr(getattr(muxed, "conn", None), "stream_buffers", None)
+    if not isinstance(buffers, dict):
+        return 0
+    buffer = buffers.get(getattr(muxed, "stream_id", None))
+    return len(buffer) if isinstance(buffer, bytearray | bytes) else 0
 
 
 async def _reset(stream: INetStream) -> None:

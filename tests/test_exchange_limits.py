@@ -4,6 +4,7 @@ attacker is a bare host that writes raw frames."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 
 from node.add import add_path
-from node.block_server import MAX_WAITING, SERVER_MAX_OPEN
+from node.block_server import MAX_BACKLOG, MAX_WAITING, SERVER_MAX_OPEN
 from node.exchange import BlockServer, FetchError, fetch_blocks
 from node.host import connect, listen_addrs, new_identity, open_host, open_stream, set_handler
 from node.repo import Repo
@@ -146,6 +147,31 @@ async def test_twenty_thousand_requests_on_one_stream_hold_at_most_the_cap_open(
     assert seen == set(range(total))
     assert 0 < most_open <= SERVER_MAX_OPEN
     assert 0 < most_remembered <= MAX_WAITING
+
+
+async def test_a_hundred_thousand_unread_requests_for_held_blocks_get_the_stream_reset(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The asker reads no answer: the server's writes fill the stream's window, it holds 64 requests
+    # open and stops reading; py-libp2p would buffer the other ~4 MB of requests whatever the window
+    # said, so the server resets a stream that leaves more than MAX_BACKLOG unread.
+    caplog.set_level(logging.INFO, logger="node.block_server")
+    with trio.fail_after(60):
+        async with serving(tmp_path, "server") as server, attacker(server) as client:
+            served = trio.Event()
+
+            async def handle(stream: INetStream) -> None:
+                await server.server.handle(stream)
+                served.set()
+
+            set_handler(server.host, PROTOCOL_ID, handle)
+            stream = await open_stream(client, server.peer_id, PROTOCOL_ID)
+            wants = (encode_message(Want(n, server.cids[n % len(server.cids)])) for n in range(100_000))
+            with contextlib.suppress(StreamReset):  # the reset may come while we still write
+                await stream.write(b"".join(wants))
+            await served.wait()  # the server is done with the stream (we read nothing)
+    assert f"over {MAX_BACKLOG} bytes of requests wait unread" in caplog.text
+    assert server.server.buffered == 0 and server.server.open_streams == 0
 
 
 async def test_a_request_id_reused_while_open_is_a_protocol_error_of_its_own(
