@@ -3,14 +3,15 @@
 its memory (issue 12, item 5c).
 
 A real daemon runs as a subprocess on a fresh repo holding a random file (the figure is that process's
-RSS alone); this script is the attacker, a libp2p host on loopback. It opens STREAMS streams to the
-daemon, writes WANTS requests for the file's blocks on each and never reads an answer; then, on one more
-stream, from a second identity (the first may be at the daemon's per-peer stream cap), FLOOD requests
-for blocks the daemon lacks (each answered NOT_FOUND, which a server remembers to
-send HAVE later) in one write. Printed: the daemon's RSS before, its peak (VmHWM) and its RSS once the
-attack has gone on for HOLD seconds, and how many of the streams the daemon refused (reset at once).
+RSS alone); this script is the attacker, libp2p hosts on loopback. It opens STREAMS streams to the
+daemon from PEERS identities, writes WANTS requests for the file's blocks on each and never reads an
+answer; then, on one more stream, from another identity (the first may be at the daemon's per-peer
+stream cap), FLOOD requests for blocks the daemon lacks (each answered NOT_FOUND, which a server
+remembers to send HAVE later) in one write. Printed: the daemon's RSS before, its peak (VmHWM) and its
+RSS once the attack has gone on for HOLD seconds, and how many of the streams the daemon refused or
+reset.
 
-    scripts/want_flood.py [--streams 1000] [--wants 64] [--flood 100000] [--size 64MiB] [--hold 20]
+    scripts/want_flood.py [--streams 1000] [--peers 1] [--wants 64] [--flood 100000] [--hold 20]
 
 Goal: the daemon's peak RSS at most 50 MB above its RSS before the attack.
 """
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import trio
@@ -85,13 +87,15 @@ async def hold(seconds: float, pid: int) -> int:
 
 async def attack(addr: str, cids: list[bytes], args: argparse.Namespace, pid: int) -> dict[str, int]:
     refused = 0
-    async with open_host(new_identity()) as host:
-        peer = await connect(host, addr)
+    async with AsyncExitStack() as stack:
+        hosts = [await stack.enter_async_context(open_host(new_identity())) for _ in range(args.peers)]
+        for host in hosts:
+            peer = await connect(host, addr)
         streams: list[INetStream] = []
         wants = b"".join(encode_message(Want(n, cids[n % len(cids)])) for n in range(args.wants))
-        for _ in range(args.streams):
+        for i in range(args.streams):
             try:
-                stream = await open_stream(host, peer, PROTOCOL_ID)
+                stream = await open_stream(hosts[i % len(hosts)], peer, PROTOCOL_ID)
                 await stream.write(wants)
             except (NetworkError, BaseLibp2pError, OSError, trio.BrokenResourceError):
                 refused += 1
@@ -132,6 +136,7 @@ def main() -> None:
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)  # the attacker's own failed negotiations
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--peers", type=int, default=1, help="attacker identities the streams come from")
     parser.add_argument("--wants", type=int, default=64)
     parser.add_argument("--flood", type=int, default=100_000)
     parser.add_argument("--size", type=int, default=64 << 20, help="bytes of the file the daemon holds")
