@@ -179,15 +179,16 @@ class BlockStore:
                 found[by_digest[digest]] = (pack, offset, length)
         return found
 
-    def _reader(self, pack: int) -> _Reader:
-        """The pack's cached reader, counted as in use: hand it back with :meth:`_done`."""
+    def _reader(self, pack: int) -> _Reader | None:
+        """The pack's cached reader, counted as in use (hand it back with :meth:`_done`); None if the
+        pack is gone."""
         with self._lock:
             reader = self._readers.get(pack)
             if reader is None:
                 try:
                     fd = os.open(self.pack_path(pack), os.O_RDONLY)
                 except FileNotFoundError:
-                    raise RepoError(f"pack {pack} is missing from the repo") from None
+                    return None
                 reader = self._readers[pack] = _Reader(fd)
             reader.reads += 1
             return reader
@@ -213,22 +214,35 @@ class BlockStore:
         ``verify=False`` is for callers that hand the bytes to ``protocol.stream``, which verifies them
         (data blocks by their AES-GCM tag: every block was checked against its CID when it was stored).
         ``where``: the block's location from :meth:`locate`, which saves looking it up again.
+
+        A pack gone since the lookup (gc compacted it: its blocks' rows point at the new pack before the
+        old one is deleted) sends the read to where the index says the block lies now.
         """
         if where is None:
             where = self._locate(cid)
-        if where is None:
-            raise NotFoundError(f"block {cid_to_text(cid)} is not in the repo")
-        pack, offset, length = where
-        if not 0 <= length <= MAX_BLOCK:
-            raise RepoError(f"block {cid_to_text(cid)} is larger than any block may be: the index is damaged")
-        reader = self._reader(pack)
-        try:
-            data = os.pread(reader.fd, length, offset)
-        finally:
-            self._done(reader)
-        if verify or len(data) != length:
-            verify_block(cid, data)
-        return data
+        pack = -1
+        for _attempt in range(4):
+            if where is None:
+                raise NotFoundError(f"block {cid_to_text(cid)} is not in the repo")
+            pack, offset, length = where
+            if not 0 <= length <= MAX_BLOCK:
+                raise RepoError(
+                    f"block {cid_to_text(cid)} is larger than any block may be: the index is damaged"
+                )
+            reader = self._reader(pack)
+            if reader is not None:
+                try:
+                    data = os.pread(reader.fd, length, offset)
+                finally:
+                    self._done(reader)
+                if verify or len(data) != length:
+                    verify_block(cid, data)
+                return data
+            moved = self._locate(cid)
+            if moved == where:
+                break
+            where = moved
+        raise RepoError(f"pack {pack} is missing from the repo")
 
     def read_back(self, cid: bytes) -> bytes:
         """The block's bytes, read from a pack still linked in the repo and hashed against ``cid``:
@@ -241,6 +255,8 @@ class BlockStore:
         if not 0 <= length <= MAX_BLOCK:
             raise RepoError(f"block {cid_to_text(cid)} is larger than any block may be: the index is damaged")
         reader = self._reader(pack)
+        if reader is None:
+            raise NotFoundError(f"block {cid_to_text(cid)} lies in a pack deleted from the repo")
         try:
             if os.fstat(reader.fd).st_nlink == 0:
                 with self._lock:

@@ -131,6 +131,25 @@ def test_a_read_never_uses_a_descriptor_compaction_closed(
     store.close()
 
 
+def test_a_read_located_before_a_compaction_finds_the_block_where_it_moved(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path / "blocks")
+    store.create()
+    blocks = [_block(100_000) for _ in range(4)]
+    with store.writer() as writer:
+        for cid, data in blocks:
+            writer.put(cid, data)
+        writer.commit()
+    kept, kept_data = blocks[0]
+    located = store.locate([cid for cid, _ in blocks])  # as get_link does, ahead of reading
+    where = located[kept]
+    assert store.collect([kept]) == (3, 300_000)  # compacted: the old pack is gone
+    assert store.locate([kept])[kept][0] != where[0]
+    assert store.get(kept, where=where) == kept_data
+    with pytest.raises(NotFoundError):
+        store.get(blocks[1][0], where=located[blocks[1][0]])  # collected meanwhile: not in the repo
+    store.close()
+
+
 def test_pin_fetched_refuses_blocks_whose_pack_is_gone(repo: Repo, tmp_path: Path) -> None:
     """Index rows alone are not enough to pin: here every pack was deleted behind this process's back (as
     a gc elsewhere did) while its readers stayed cached, so every read would still succeed."""
