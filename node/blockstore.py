@@ -463,11 +463,14 @@ class PackWriter:
                 if is_full(exc):
                     raise full_error(self.store.root) from None
                 raise
-            # gc may have found the empty file before our lock, locked it and deleted it: then
-            # the file we hold is no longer linked, and we make another
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            if os.fstat(fd).st_nlink > 0:
-                break
+            # gc may have found the empty file before our lock: then it holds it (and deletes it), or
+            # has deleted it already; either way we make another (never waiting: this may run in trio)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                if os.fstat(fd).st_nlink > 0:
+                    break
+            except BlockingIOError:
+                pass
             os.close(fd)
         self._packs.append((number, fd))
         self._end = 0

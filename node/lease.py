@@ -37,8 +37,8 @@ _FLUSH_AT = 64 * CID_LEN  # bytes buffered before a write (a flush also comes at
 
 
 def _open_locked(directory: Path) -> tuple[Path, int]:
-    """A new lease file, flocked exclusively and still linked (gc may delete an unlocked file between our
-    create and our flock: then we make another)."""
+    """A new lease file, flocked exclusively and still linked (gc may take or delete an unlocked file
+    between our create and our flock: then we make another)."""
     directory.mkdir(mode=0o700, exist_ok=True)
     while True:
         path = directory / f"{secrets.token_hex(16)}{SUFFIX}"
@@ -50,9 +50,12 @@ def _open_locked(directory: Path) -> tuple[Path, int]:
             if is_full(exc):
                 raise full_error(directory.parent) from None
             raise
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if os.fstat(fd).st_nlink > 0:
-            return path, fd
+        try:  # never waiting (this may run in the trio thread): a file gc holds is one it deletes
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_nlink > 0:
+                return path, fd
+        except BlockingIOError:
+            pass
         os.close(fd)
 
 
