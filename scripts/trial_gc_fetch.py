@@ -2,8 +2,9 @@
 
 Two real daemons on 127.0.0.1: A seeds a file of SIZE MB (added with --peer-hints); for each trial a
 fresh daemon B runs ``sealbox get LINK`` (through B's daemon) while the CLI runs ``sealbox gc`` on B's
-repo in a loop until the get ends. Reported per trial: whether the get failed, the index rows left
-pointing at a pack that no longer exists, and whether what B pinned reads back byte-exact.
+repo in a loop until the get ends. Reported per trial: how far the fetch was at each gc, whether the
+get failed, the index rows left pointing at a pack that no longer exists, whether what B pinned reads
+back byte-exact, and (when the get failed) whether a second get, with no gc, then works.
 
     PYTHONPATH=/path/to/code python scripts/trial_gc_fetch.py [TRIALS] [SIZE_MB]
 """
@@ -20,6 +21,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from node.api_client import ApiClient
+from node.errors import NodeError
 
 SEALBOX = os.environ.get("SEALBOX_BIN", str(Path(sys.executable).with_name("sealbox")))
 
@@ -83,7 +87,7 @@ def main() -> None:
                 f.write(os.urandom(1 << 20))
         expected = sha256(source)
         seed = daemon(base / "a", base / "a.log")
-        failed = dangling_trials = pinned_bad = 0
+        failed = dangling_trials = pinned_bad = retry_failed = 0
         try:
             link = run("--repo", base / "a", "add", source, "--peer-hints").stdout.strip()
             for trial in range(trials):
@@ -97,7 +101,14 @@ def main() -> None:
                         text=True,
                     )
                     gcs = 0
+                    at: list[int] = []  # percent fetched when each gc started
                     while get.poll() is None:
+                        try:
+                            fetches = ApiClient(repo).call("GET", "/v1/fetching", timeout=10)["fetches"]
+                        except NodeError:
+                            fetches = []
+                        if fetches:
+                            at.append(100 * int(fetches[0]["bytes"]) // (size << 20))
                         run("--repo", repo, "gc", check=False)
                         gcs += 1
                     error = get.stderr.read().strip() if get.stderr else ""
@@ -105,6 +116,13 @@ def main() -> None:
                 finally:
                     stop(fetcher)
                 rows = dangling_rows(repo)
+                retry = None
+                if get.returncode:  # a second get of the link, gc left alone
+                    fetcher = daemon(repo, base / f"b{trial}-again.log")
+                    try:
+                        retry = run("--repo", repo, "get", link, "-o", out, check=False).returncode == 0
+                    finally:
+                        stop(fetcher)
                 exact = None
                 if pins:  # read back what was pinned, now, from the repo alone
                     again = base / f"again{trial}"
@@ -112,12 +130,14 @@ def main() -> None:
                     exact = result.returncode == 0 and sha256(again) == expected
                     again.unlink(missing_ok=True)
                 failed += get.returncode != 0
+                retry_failed += retry is False
                 dangling_trials += rows > 0
                 pinned_bad += exact is False
                 print(
-                    f"trial {trial}: {gcs} gc runs, get exit {get.returncode}"
+                    f"trial {trial}: {gcs} gc runs (at {min(at, default=0)}-{max(at, default=0)}% fetched),"
+                    f" get exit {get.returncode}"
                     f"{' (' + error.splitlines()[-1][:80] + ')' if error else ''}, dangling rows {rows},"
-                    f" pinned {bool(pins)}, pinned copy byte-exact {exact}",
+                    f" pinned {bool(pins)}, pinned copy byte-exact {exact}, second get works {retry}",
                     flush=True,
                 )
                 out.unlink(missing_ok=True)
@@ -125,7 +145,7 @@ def main() -> None:
             stop(seed)
         print(
             f"{trials} trials of {size} MB: get failed in {failed}, dangling rows left in {dangling_trials},"
-            f" a pinned root not byte-exact in {pinned_bad}"
+            f" a pinned root not byte-exact in {pinned_bad}, a second get failed in {retry_failed}"
         )
 
 
