@@ -20,6 +20,7 @@ from node.block_server import _STREAM_ERRORS, MAX_WAITING, READ_SIZE, SERVER_MAX
 from node.blockstore import BlockStore, PackWriter
 from node.errors import NetworkError
 from node.host import open_stream_redialing
+from node.lease import Lease
 from protocol.cid import cid_to_text
 from protocol.errors import CorruptBlockError
 from protocol.fetch_plan import FetchPlan, UnrequestedBlockError
@@ -100,6 +101,7 @@ async def fetch_blocks(
     request_timeout: float = REQUEST_TIMEOUT,
     on_block: Callable[[bytes, str, int], None] | None = None,
     discover: Callable[[], Awaitable[Sequence[str]]] | None = None,
+    lease: Lease | None = None,
 ) -> FetchStats:
     """Fetch every block of ``cids`` that ``store`` lacks from ``peers`` (peer ids, already known to
     ``host``) and store it. Blocks already held are never asked for; every block is verified before it
@@ -108,7 +110,8 @@ async def fetch_blocks(
 
     ``on_block(cid, peer, size)``, if given, is called for each block stored. ``discover``, if given,
     is called 3 s into the fetch and then at doubling intervals (up to 30 s) for
-    the peer ids that provide the blocks now; new ones join the fetch.
+    the peer ids that provide the blocks now; new ones join the fetch. With ``lease``, every block
+    stored, or found held, is leased (gc keeps it until the caller ends the lease).
 
     At most ``SERVER_MAX_OPEN`` requests are open to one peer whatever ``window`` says: a server stops
     reading past that many (the spec's backpressure), so a deeper window would only wait in the stream.
@@ -116,6 +119,8 @@ async def fetch_blocks(
     stats = FetchStats()
     plan = FetchPlan(window=max(1, min(window, SERVER_MAX_OPEN)))
     wanted = list(cids)
+    if lease is not None:  # before the lookup: a block found held must stay held
+        lease.add(wanted)
     held = store.locate(wanted)  # in a few queries: one per block took seconds for a big file
     for cid in wanted:
         if cid in held:
@@ -130,7 +135,7 @@ async def fetch_blocks(
     send, receive = trio.open_memory_channel[_Event](4 * window * max(1, len(opening)))
     failure: FetchError | None = None
     closing = trio.Event()  # set once the fetch is over: a stream that opens later is reset at once
-    with store.writer() as writer:
+    with store.writer(lease) as writer:
         async with trio.open_nursery() as nursery:
 
             async def open_session(peer: str) -> None:
