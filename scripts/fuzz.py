@@ -287,7 +287,7 @@ def unpadded(node: Node) -> bytes:
 
 
 def listing_seeds() -> list[bytes]:
-    names = ["a.txt", "b", "empty-dir", "nested", "\u00e9t\u00e9.md", "z" * 40]
+    names = ["a.txt", "b", "empty-dir", "nested", "z" * 40, "\u00e9t\u00e9.md"]  # in UTF-8 order
     cids = fake_cids(len(names), "entry")
     one = [encode_entry(Entry(n, i + 1, c)) for i, (n, c) in enumerate(zip(names, cids, strict=True))]
     return [b"".join(one), one[0], b"".join(one[:3])]
