@@ -70,8 +70,8 @@ ops = st.lists(
 def mutated_input(target: Any, data: st.DataObject) -> bytes:
     seed: bytes = data.draw(st.sampled_from(target.seeds), label="seed")
     chosen = data.draw(ops, label="ops")
-    if target.is_msgpack and data.draw(st.booleans(), label="structured"):
-        out: bytes = fuzz.structured(seed, chosen)
+    if target.edit is not None and data.draw(st.booleans(), label="structured"):
+        out: bytes = target.edit(seed, chosen)
     else:
         out = fuzz.mutate(seed, chosen, target.seeds)
     return out
