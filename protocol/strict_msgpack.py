@@ -19,6 +19,7 @@ caller's error class, one line, never the library's.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -57,7 +58,10 @@ def _strict_map(pairs: list[tuple[object, object]]) -> dict[str, object]:
     return out
 
 
+@functools.cache
 def _options(limits: Limits) -> dict[str, object]:
+    """The unpacker's keyword arguments for ``limits`` (made once per format: BLOCK messages are
+    decoded on the transfer's hot path)."""
     return {
         "raw": False,
         "strict_map_key": True,
@@ -73,6 +77,9 @@ def _options(limits: Limits) -> dict[str, object]:
 def check_depth(obj: object, max_depth: int) -> None:
     """Raise :class:`StrictError` if containers nest deeper than ``max_depth`` (a scalar is depth 0,
     ``[1]`` depth 1). Iterative: the input cannot make it recurse."""
+    flat = type(obj) is list and len(obj) <= 4  # a message or a directory entry, the common case
+    if flat and max_depth >= 1 and not any(type(item) is list or type(item) is dict for item in obj):
+        return
     stack: list[tuple[object, int]] = [(obj, 0)]
     while stack:
         item, depth = stack.pop()
