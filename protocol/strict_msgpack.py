@@ -77,8 +77,12 @@ def _options(limits: Limits) -> dict[str, object]:
 def check_depth(obj: object, max_depth: int) -> None:
     """Raise :class:`StrictError` if containers nest deeper than ``max_depth`` (a scalar is depth 0,
     ``[1]`` depth 1). Iterative: the input cannot make it recurse."""
-    flat = type(obj) is list and len(obj) <= 4  # a message or a directory entry, the common case
-    if flat and max_depth >= 1 and not any(type(item) is list or type(item) is dict for item in obj):
+    if (  # a message or a directory entry, the common case: a short flat array
+        isinstance(obj, list)
+        and len(obj) <= 4
+        and max_depth >= 1
+        and not any(type(item) is list or type(item) is dict for item in obj)
+    ):
         return
     stack: list[tuple[object, int]] = [(obj, 0)]
     while stack:
