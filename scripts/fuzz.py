@@ -384,7 +384,8 @@ def decode_frames(data: bytes) -> None:
 
 
 class PinTarget:
-    """Writes each input over a real pin file of a real repo and reads it back as ``get``/``ls`` do."""
+    """Writes each input over a real pin file of a real repo and reads it back as ``get``, ``ls`` and
+    ``gc`` do (``read_pin``, ``pin_blocks``, ``pins``)."""
 
     def __init__(self, directory: Path) -> None:
         self.repo = Repo.open(directory / "repo")
@@ -402,6 +403,9 @@ class PinTarget:
         self.path.write_bytes(data)
         with contextlib.suppress(NodeError, ProtocolError):
             self.repo.read_pin(self.root)
+        with contextlib.suppress(NodeError, ProtocolError):
+            for _cid in self.repo.pin_blocks(self.root):  # what gc reads: the block list
+                pass
         self.repo.pins()  # what ls and gc read: damaged pin files are skipped
 
 
