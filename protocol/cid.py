@@ -84,6 +84,8 @@ def _multibase_decode(text: str) -> bytes | None:
     """The bytes of a multibase text in one of the supported bases, or None. Pure stdlib: every check
     is made here (prefix, alphabet, canonical spelling: the bytes must encode back to exactly the same
     text), so nothing depends on which exceptions a multibase library raises on odd input."""
+    if not text.isascii():  # before any case folding: "\u017f".upper() is "S", "\u212a".lower() "k"
+        return None
     prefix, body = text[0], text[1:]
     if prefix in _CASELESS:  # these bases ignore case, as multibase decoders do: "Bafk..." is read
         body = body.upper() if prefix.isupper() else body.lower()

@@ -149,6 +149,17 @@ def test_cid_from_text_in_any_multibase_alphabet_raises_only_cid_errors(prefix: 
     assert cid_from_text(cid_to_text(cid)) == cid
 
 
+def test_cid_text_with_non_ascii_case_twins_is_refused() -> None:
+    """Case folding happens only on ASCII: the long s upper-cases to "S", the Kelvin sign lower-cases
+    to "k", so without the check a non-ASCII spelling would read as a CID."""
+    upper = "B" + cid_to_text(cid_of(b"twin"))[1:].upper()
+    assert cid_from_text(upper) == cid_of(b"twin")
+    twin = upper.replace("S", "\u017f", 1) if "S" in upper else upper.replace("K", "\u212a", 1)
+    assert twin != upper
+    with pytest.raises(CidError):
+        cid_from_text(twin)
+
+
 def test_rm_and_get_of_u_eq_say_one_line(run_cli: RunCli, tmp_path: Path) -> None:
     """Without a daemon: both were tracebacks."""
     repo = tmp_path / "repo"
