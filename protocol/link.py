@@ -92,12 +92,21 @@ def format_link(link: ShareLink) -> str:
     return body + "&c=" + _checksum(body)
 
 
+REPEATABLE = frozenset({"pe"})  # the one parameter a link may carry more than once
+
+
 def _params(part: str) -> list[tuple[str, str]]:
+    """``name=value`` pairs in order. A name other than ``pe`` given twice is refused here, before any
+    value is looked at, so no reader can pick the first copy and another the last."""
     pairs = []
+    seen: set[str] = set()
     for item in part.split("&"):
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise LinkError("link is malformed: expected name=value parameters")
+        if name in seen and name not in REPEATABLE:
+            raise LinkError(f"link repeats the parameter {name[:16]!r}")
+        seen.add(name)
         pairs.append((name, value))
     return pairs
 

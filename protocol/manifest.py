@@ -16,6 +16,7 @@ from protocol.errors import CidError, DecryptError, ManifestError
 from protocol.names import check_name
 from protocol.padding import padded_size
 from protocol.seal import NodeKeys
+from protocol.strict_msgpack import Limits, unpack_one, unpacker
 
 FORMAT_VERSION = 1
 MIN_CHUNK = 16 * 1024
@@ -105,36 +106,23 @@ _FILE_KEYS = {"v", "kind", "size", "cs", "lvl", "top", "x"}
 _DIR_KEYS = {"v", "kind", "size", "cs", "lvl", "top"}
 
 
-def _unpacker(limit: int) -> msgpack.Unpacker:
-    return msgpack.Unpacker(
-        raw=False,
-        strict_map_key=True,
-        max_buffer_size=limit,
-        max_str_len=1024,
-        max_bin_len=CID_LEN,
-        max_array_len=MAX_CHUNK // 64,
-        max_map_len=16,
-        max_ext_len=0,
-    )
+# node maps and directory entries: a node's keys are short names, its only array is ``top``
+_LIMITS = Limits(
+    max_str_len=1024, max_bin_len=CID_LEN, max_array_len=MAX_CHUNK // 64, max_map_len=16, max_depth=2
+)
 
 
 def decode_node(plain: bytes, *, root: bool) -> Node:
     """Decode and validate a node's plaintext. ``root`` nodes carry a name; others must not."""
     if len(plain) > MAX_NODE_PLAIN:
         raise ManifestError("manifest block too large")
-    unpacker = _unpacker(len(plain) or 1)
-    unpacker.feed(plain)
-    try:
-        fields = unpacker.unpack()
-    except (ValueError, msgpack.UnpackException, msgpack.OutOfData) as exc:
-        raise ManifestError("manifest is not valid msgpack") from exc
-    end = unpacker.tell()
+    fields, end = unpack_one(plain, _LIMITS, ManifestError, "manifest")
     if any(plain[end:]) or len(plain) != padded_size(end):
         raise ManifestError("manifest padding is wrong")
     if not isinstance(fields, dict):
         raise ManifestError("manifest is not a map")
     if fields.get("v") != FORMAT_VERSION or type(fields.get("v")) is not int:
-        raise ManifestError(f"unsupported manifest version {fields.get('v')!r}: upgrade sealbox")
+        raise ManifestError(f"unsupported manifest version {_shown(fields.get('v'))}: upgrade sealbox")
     kind = fields.get("kind")
     if kind == "file":
         allowed = _FILE_KEYS
@@ -144,7 +132,7 @@ def decode_node(plain: bytes, *, root: bool) -> Node:
         raise ManifestError("manifest kind must be 'file' or 'dir'")
     expected = allowed | ({"name"} if root else set())
     if set(fields) != expected:
-        raise ManifestError(f"manifest fields are wrong: {sorted(set(fields) ^ expected)}")
+        raise ManifestError(f"manifest fields are wrong: {_shown(sorted(set(fields) ^ expected))}")
     size, cs, level, top = fields["size"], fields["cs"], fields["lvl"], fields["top"]
     if type(size) is not int or not 0 <= size <= MAX_SIZE:
         raise ManifestError("manifest size out of range")
@@ -163,6 +151,13 @@ def decode_node(plain: bytes, *, root: bool) -> Node:
         raise ManifestError("manifest executable flag is not a boolean")
     name = check_name(fields["name"]) if root else None
     return Node(kind, size, cs, level, top_cids, executable, name)
+
+
+def _shown(value: object) -> str:
+    """A short, one-line ``repr`` of a decoded value for an error message (values nest at most
+    ``_LIMITS.max_depth`` deep, so ``repr`` cannot recurse far)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,19 +181,14 @@ class EntryDecoder:
     """
 
     def __init__(self) -> None:
-        self._unpacker = _unpacker(4 * MAX_CHUNK)
+        self._unpacker = unpacker(_LIMITS, ManifestError, "directory listing", 4 * MAX_CHUNK)
         self._last: bytes | None = None
         self._fed = 0
         self.count = 0
 
     def feed(self, data: bytes) -> Iterator[Entry]:
         self._fed += len(data)
-        try:
-            self._unpacker.feed(data)
-            items = list(self._unpacker)
-        except (ValueError, msgpack.UnpackException) as exc:
-            raise ManifestError("directory listing is not valid msgpack") from exc
-        for item in items:
+        for item in self._unpacker.feed(data):
             yield self._entry(item)
 
     def finish(self) -> None:

@@ -15,6 +15,7 @@ from protocol.cid import CID_LEN, check_cid
 from protocol.errors import CidError, ProtocolError
 from protocol.manifest import MAX_CHUNK
 from protocol.seal import TAG_LEN
+from protocol.strict_msgpack import Limits, unpack_exact
 
 PROTOCOL_ID = "/sealbox/blocks/1.0.0"
 MAX_BLOCK = MAX_CHUNK + TAG_LEN
@@ -100,21 +101,13 @@ def uvarint(n: int) -> bytes:
             return bytes(out)
 
 
+# a message is one flat array: no str, no map (so no key to repeat), no nesting
+_LIMITS = Limits(max_str_len=0, max_bin_len=MAX_BLOCK, max_array_len=3, max_map_len=0, max_depth=1)
+
+
 def decode_body(body: bytes | memoryview) -> Message:
     """Decode one message body; anything malformed raises :class:`MessageError`."""
-    try:
-        fields = msgpack.unpackb(
-            body,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=MAX_BLOCK,
-            max_str_len=0,
-            max_array_len=3,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise MessageError("message is not valid msgpack") from exc
+    fields = unpack_exact(body, _LIMITS, MessageError, "message")
     if not isinstance(fields, list) or not fields or type(fields[0]) is not int:
         raise MessageError("message has no type")
     kind = fields[0]

@@ -172,6 +172,54 @@ def tree_vectors() -> list[dict[str, Any]]:
     return out
 
 
+def _pack_pairs(pairs: list[tuple[Any, Any]]) -> bytes:
+    """A msgpack map written pair by pair, so that it can repeat a key (``msgpack.packb`` cannot)."""
+    out = bytes([0x80 | len(pairs)])
+    for k, v in pairs:
+        out += msgpack.packb(k, use_bin_type=True) + msgpack.packb(v, use_bin_type=True)
+    return out
+
+
+def invalid_node_vectors() -> list[dict[str, Any]]:
+    """Root node blocks that hash and open correctly but whose map breaks the strict msgpack rules
+    (specs/format.md, "Encoding"): a decoder MUST refuse each."""
+    top = [cid_of(b"sealbox invalid node vector")]
+    base: list[tuple[Any, Any]] = [
+        ("v", 1),
+        ("kind", "file"),
+        ("size", 16),
+        ("cs", 256 * 1024),
+        ("lvl", 0),
+        ("top", top),
+        ("x", False),
+        ("name", "f"),
+    ]
+    cases: list[tuple[str, list[tuple[Any, Any]], str]] = [
+        ("repeated-x", [*base, ("x", True)], "repeats the map key 'x'"),
+        ("repeated-name", [*base, ("name", "g")], "repeats the map key 'name'"),
+        ("repeated-same-value", [base[0], *base], "repeats the map key 'v'"),
+        ("bytes-key", [*base, (b"v", 1)], "map key that is not text"),
+        ("too-deep", [("v", [[[1]]]), *base[1:]], "nests deeper than 2 levels"),
+    ]
+    out = []
+    for case, pairs, error in cases:
+        master = key("invalid node " + case)
+        packed = _pack_pairs(pairs)
+        plain = packed + bytes(padded_size(len(packed)) - len(packed))
+        block = NodeKeys(master, 0).node.seal(0, plain)
+        out.append(
+            {
+                "case": case,
+                "master_key": master.hex(),
+                "root": cid_to_text(cid_of(block)),
+                "plaintext": plain.hex(),
+                "block": block.hex(),
+                "error": error,
+            }
+        )
+    return out
+
+
 def link_vectors() -> dict[str, Any]:
     root = cid_of(b"sealbox link vector root")
     master = key("link")
@@ -212,6 +260,13 @@ def link_vectors() -> dict[str, Any]:
         },
         {"link": _with_checksum(body + "&xl=01"), "error": "not a number"},
         {"link": "sealbox:?" + "a" * 5000, "error": "longer than"},
+        {"link": _with_checksum(body.replace("v=1", "v=1&v=1", 1)), "error": "repeats the parameter 'v'"},
+        {"link": _with_checksum(_repeat(body, "xt=")), "error": "repeats the parameter 'xt'"},
+        {"link": _with_checksum(_repeat(body, "k=")), "error": "repeats the parameter 'k'"},
+        {
+            "link": _with_checksum(body.replace(cid_to_text(root), "u=", 1)),
+            "error": "root is invalid",
+        },
     ]
     return {"valid": valid, "invalid": invalid}
 
@@ -262,6 +317,13 @@ def _frame(fields: list[Any]) -> bytes:
     return uvarint(len(body)) + body
 
 
+def _repeat(body: str, prefix: str) -> str:
+    """``body`` with its parameter starting ``prefix`` given twice, the copy right after it."""
+    start = body.index(prefix)
+    end = min((i for i in (body.find("&", start), body.find("#", start)) if i != -1), default=len(body))
+    return body[:end] + "&" + body[start:end] + body[end:]
+
+
 def _with_checksum(body: str) -> str:
     return body + "&c=" + hashlib.sha256(body.encode("ascii")).hexdigest()[:8]
 
@@ -273,6 +335,7 @@ def build() -> dict[str, Any]:
         "trees.json": tree_vectors(),
         "links.json": link_vectors(),
         "exchange.json": exchange_vectors(),
+        "invalid-nodes.json": invalid_node_vectors(),
     }
 
 

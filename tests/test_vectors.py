@@ -16,8 +16,9 @@ from node.add import add_path
 from node.get import get_link
 from node.repo import Repo
 from protocol.cid import cid_from_text, cid_of, cid_to_text
-from protocol.errors import LinkError
+from protocol.errors import LinkError, ManifestError
 from protocol.link import ShareLink, format_link, parse_link
+from protocol.manifest import decode_node
 from protocol.padding import padded_size
 from protocol.seal import NodeKeys, subkey
 from protocol.tree import Dir, File, Item, open_tree, seal_tree
@@ -157,3 +158,21 @@ def test_valid_link_vectors(row: dict[str, Any]) -> None:
 def test_invalid_link_vectors(row: dict[str, str]) -> None:
     with pytest.raises(LinkError, match=row["error"]):
         parse_link(row["link"])
+
+
+@pytest.mark.parametrize("row", load("invalid-nodes.json"), ids=lambda r: r["case"])
+def test_invalid_node_vectors_are_refused(row: dict[str, str], tmp_path: Path) -> None:
+    """A root block that hashes and opens but whose map repeats a key (or has a bytes key, or nests too
+    deep) is refused by the reference opener and by node/get.py, with nothing written."""
+    master, root = bytes.fromhex(row["master_key"]), cid_from_text(row["root"])
+    block = bytes.fromhex(row["block"])
+    assert NodeKeys(master, 0).node.open(0, block) == bytes.fromhex(row["plaintext"])
+    with pytest.raises(ManifestError, match=row["error"]):
+        decode_node(bytes.fromhex(row["plaintext"]), root=True)
+    with pytest.raises(ManifestError, match=row["error"]):
+        open_tree(master, root, {root: block}.__getitem__)
+    repo = Repo.open(tmp_path / "repo")
+    repo.blocks.put(root, block)
+    with pytest.raises(ManifestError, match=row["error"]):
+        get_link(repo, ShareLink(root, master), tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
