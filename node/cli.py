@@ -238,9 +238,12 @@ def _fetch_through_daemon(args: argparse.Namespace, daemon: ApiClient, link: Sha
 
 def cmd_ls(args: argparse.Namespace) -> None:
     try:
-        pins = _daemon(args).call("GET", "/v1/ls")["pins"]
+        answer = _daemon(args).call("GET", "/v1/ls")
+        pins = answer["pins"]
+        for message in answer.get("damaged", []):
+            _warn(str(message))
     except NoDaemon:
-        pins = [pin_json(p) for p in _open_repo(args).pins()]
+        pins = [pin_json(p) for p in _open_repo(args).pins(on_damaged=_warn)]
     rows = [f"{'ROOT':<59}  {'NAME':<24}  {'SIZE':>10}  ADDED"]
     for pin in pins:
         added = datetime.fromisoformat(pin["added"]).astimezone().strftime("%Y-%m-%d %H:%M")
