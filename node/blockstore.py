@@ -2,7 +2,7 @@
 
 Layout under ``REPO/blocks``::
 
-    packs/<n>.pack     blocks back to back, written by one writer session each
+    packs/<n>.pack     "SBPACK1\n", then framed blocks back to back, written by one writer session each
     index.sqlite       table blocks(digest, pack, offset, length), WAL mode, synchronous=FULL
 
 Why packs: on ext4 here, a file per 256 KiB block writes at ~190 MB/s (file creation and metadata),
@@ -13,7 +13,10 @@ Invariants:
 - a writer session's blocks become visible all at once, when :meth:`PackWriter.commit` has fsynced its
   packs and committed their index rows in one transaction; an interrupted session leaves no index row,
   and its pack bytes are removed when the session closes (or by ``gc`` after a crash);
-- every read is capped by the maximum block size.
+- every read is capped by the maximum block size;
+- every block in a pack is framed (``FRAME``: magic, length, digest), so the index can be rebuilt from
+  the packs alone (node/repocheck.py); packs written before framing start with a block, not the pack
+  magic, and are read through the index only.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import contextlib
 import os
 import secrets
 import sqlite3
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-from node.errors import NotFoundError, RepoError
+from node.errors import NotFoundError, RepoDamagedError, RepoError
 from node.fsutil import WRITEBACK_STEP, fsync_dir, full_error, is_full, start_writeback
 from protocol.cid import CID_PREFIX, check_cid, cid_to_text, verify_block
 from protocol.manifest import MAX_CHUNK
@@ -38,6 +42,9 @@ LOCATE_BATCH = 500  # CIDs per index query in locate() (SQLite allows 32,766 par
 Location = tuple[int, int, int]  # (pack, offset, length)
 PACK_MAX = 1 << 30  # a writer starts a new pack past this size, so gc compacts in bounded pieces
 COMPACT_BELOW = 0.5  # gc rewrites a pack whose live bytes fall below this share of its size
+PACK_MAGIC = b"SBPACK1\n"  # a framed pack's first bytes (an older pack starts with ciphertext)
+FRAME = struct.Struct(">4sI32s")  # before each block: FRAME_MAGIC, u32be(length), sha2-256 digest
+FRAME_MAGIC = b"SBF1"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -48,6 +55,18 @@ CREATE TABLE IF NOT EXISTS blocks (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blocks_by_pack ON blocks (pack);
 """
+
+
+def damaged_index(root: Path, exc: sqlite3.Error | str) -> RepoDamagedError:
+    """The one line for a block index SQLite cannot read (deleted, truncated, malformed)."""
+    return RepoDamagedError(
+        f"the block index {root / 'index.sqlite'} is damaged ({exc}): nothing was changed;"
+        " 'sealbox repo check' says what, 'sealbox repo repair' rebuilds it from the packs"
+    )
+
+
+def frame(digest: bytes, length: int) -> bytes:
+    return FRAME.pack(FRAME_MAGIC, length, digest)
 
 
 def _full(exc: sqlite3.Error) -> bool:
@@ -97,23 +116,39 @@ class BlockStore:
 
     def create(self) -> None:
         self.packs.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.db.executescript(_SCHEMA)
+        self._connect(new=True).executescript(_SCHEMA)
 
     @property
     def db(self) -> sqlite3.Connection:
-        if self._db is None:
+        return self._db if self._db is not None else self._connect(new=False)
+
+    def _connect(self, *, new: bool) -> sqlite3.Connection:
+        """Open the index; unless ``new``, refuse one without the blocks table (a deleted index file
+        reopens as an empty database) in one line rather than "no such table" at the first query."""
+        try:
+            db = sqlite3.connect(
+                self.root / "index.sqlite", timeout=60, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            if not new and not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'blocks'").fetchone():
+                db.close()
+                raise damaged_index(self.root, "it holds no blocks table: deleted or replaced")
+        except sqlite3.Error as exc:
+            if _full(exc):
+                raise full_error(self.root) from None
+            raise damaged_index(self.root, exc) from None
+        self._db = db
+        return db
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The index under the store's lock, any SQLite failure turned into one line."""
+        with self._lock:
             try:
-                db = sqlite3.connect(
-                    self.root / "index.sqlite", timeout=60, isolation_level=None, check_same_thread=False
-                )
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
+                yield self.db
             except sqlite3.Error as exc:
-                if _full(exc):
-                    raise full_error(self.root) from None
-                raise RepoError(f"cannot open the block index in {self.root}: {exc}") from None
-            self._db = db
-        return self._db
+                raise damaged_index(self.root, exc) from None
 
     def close(self) -> None:
         with self._lock:
@@ -130,8 +165,8 @@ class BlockStore:
     # -- reading ------------------------------------------------------------------------------
 
     def _locate(self, cid: bytes) -> Location | None:
-        with self._lock:
-            row = self.db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT pack, offset, length FROM blocks WHERE digest = ?", (_digest(cid),)
             ).fetchone()
         return None if row is None else (row[0], row[1], row[2])
@@ -150,8 +185,8 @@ class BlockStore:
             part = digests[start : start + LOCATE_BATCH]
             marks = ",".join("?" * len(part))  # only placeholders go into the text; digests are bound
             query = f"SELECT digest, pack, offset, length FROM blocks WHERE digest IN ({marks})"  # noqa: S608
-            with self._lock:
-                rows = self.db.execute(query, part).fetchall()
+            with self._reading() as db:
+                rows = db.execute(query, part).fetchall()
             for digest, pack, offset, length in rows:
                 found[by_digest[digest]] = (pack, offset, length)
         return found
@@ -187,15 +222,15 @@ class BlockStore:
 
     def __iter__(self) -> Iterator[tuple[bytes, int]]:
         """Every stored block as ``(cid, length)``."""
-        with self._lock:
-            rows = self.db.execute("SELECT digest, length FROM blocks ORDER BY digest").fetchall()
+        with self._reading() as db:
+            rows = db.execute("SELECT digest, length FROM blocks ORDER BY digest").fetchall()
         for digest, length in rows:
             yield CID_PREFIX + digest, length
 
     def stats(self) -> tuple[int, int]:
         """``(blocks, bytes)`` stored."""
-        with self._lock:
-            count, total = self.db.execute("SELECT count(*), coalesce(sum(length), 0) FROM blocks").fetchone()
+        with self._reading() as db:
+            count, total = db.execute("SELECT count(*), coalesce(sum(length), 0) FROM blocks").fetchone()
         return int(count), int(total)
 
     # -- writing ------------------------------------------------------------------------------
@@ -329,8 +364,17 @@ class PackWriter:
                 if is_full(exc):
                     raise full_error(self.store.root) from None
                 raise
+        try:
+            _write_all(fd, PACK_MAGIC, 0)
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                self.store.pack_path(number).unlink()
+            if is_full(exc):
+                raise full_error(self.store.root) from None
+            raise
         self._packs.append((number, fd))
-        self._end = 0
+        self._end = len(PACK_MAGIC)
         self._flushed = 0
 
     def put(self, cid: bytes, block: bytes, *, verify: bool = True, force: bool = False) -> bool:
@@ -353,16 +397,17 @@ class PackWriter:
             if digest in self._reserved:
                 return False
             self._reserved.add(digest)
-            if self._end + len(block) > PACK_MAX and self._end:
+            if self._end + FRAME.size + len(block) > PACK_MAX and self._end > len(PACK_MAGIC):
                 self._new_pack()
             number, fd = self._packs[-1]
-            offset = self._end
-            self._end += len(block)
+            offset = self._end + FRAME.size  # where the block lies: its frame comes first
+            self._end = offset + len(block)
             step = offset // WRITEBACK_STEP
             flush = step > self._flushed
             if flush:
                 self._flushed = step
         try:
+            _write_all(fd, frame(digest, len(block)), offset - FRAME.size)
             _write_all(fd, block, offset)
             if flush:  # start writing the previous step to disk while sealing goes on
                 start_writeback(fd, (step - 1) * WRITEBACK_STEP, WRITEBACK_STEP)
