@@ -57,10 +57,10 @@ CREATE INDEX IF NOT EXISTS blocks_by_pack ON blocks (pack);
 """
 
 
-def damaged_index(root: Path, exc: sqlite3.Error | str) -> RepoDamagedError:
-    """The one line for a block index SQLite cannot read (deleted, truncated, malformed)."""
+def damaged_index(_root: Path, exc: sqlite3.Error | str) -> RepoDamagedError:
+    """The one line for a block index SQLite cannot read (deleted, truncated, malformed); no path in it."""
     return RepoDamagedError(
-        f"the block index {root / 'index.sqlite'} is damaged ({exc}): nothing was changed;"
+        f"the block index (blocks/index.sqlite) is damaged ({exc}): nothing was changed;"
         " 'sealbox repo check' says what, 'sealbox repo repair' rebuilds it from the packs"
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 from node.add import add_path, scan_size
 from node.alloc import keep_freed_buffers
 from node.api_client import ApiClient, NoDaemon
-from node.errors import DaemonError, NodeError, NotFoundError
+from node.errors import DaemonError, NodeError, NotFoundError, RepoDamagedError
 from node.get import GetResult, get_link
 from node.repo import Repo, default_repo_path
 from node.views import add_json, pin_json
@@ -314,6 +315,21 @@ def cmd_gc(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_repo(args: argparse.Namespace) -> None:
+    """``repo check`` / ``repo repair``: what is wrong on stdout, one line each; non-zero if any is left."""
+    from node import repocheck
+
+    repo = _open_repo(args, create=False)
+    report = repocheck.repair(repo) if args.action == "repair" else repocheck.check(repo, deep=args.deep)
+    lines = [*(f"fixed: {d}" for d in report.done), *(f"note: {n}" for n in report.notes)]
+    lines += [f"problem: {p}" for p in report.problems]
+    data = {"fixed": report.done, "notes": report.notes, "problems": report.problems}
+    Output(args).emit(data, "\n".join(lines) or "the repo passes every check")
+    if report.problems:
+        hint = "" if args.action == "repair" else ": 'sealbox repo repair' mends what can be mended"
+        raise RepoDamagedError(f"{len(report.problems)} problem(s) left in the repo{hint}")
+
+
 def _chunk_size(text: str) -> int:
     units = {"k": 1024, "m": 1024 * 1024}
     text = text.strip().lower().removesuffix("ib").removesuffix("b")
@@ -386,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", parents=[common], help="remove blocks no pinned root needs")
     gc.set_defaults(func=cmd_gc)
 
+    repo = sub.add_parser("repo", parents=[common], help="check or repair the block index and the pins")
+    repo.add_argument("action", choices=["check", "repair"], help="check: report; repair: rebuild what fails")
+    repo.add_argument("--deep", action="store_true", help="check: also read and hash every stored block")
+    repo.set_defaults(func=cmd_repo)
+
     daemon = sub.add_parser(
         "daemon", parents=[common], help="run the node: serve and announce pinned roots, answer the CLI"
     )
@@ -422,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         return _fail(args, f"{exc.strerror or exc}{where}")
+    except sqlite3.Error as exc:  # the block store turns these into RepoDamagedError: a last resort
+        return _fail(args, f"the block index is damaged ({exc}): run 'sealbox repo check'")
     return 0
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from node import repocheck
 from node.blockstore import BlockStore
 from node.errors import NotFoundError, RepoError, RepoFullError
 from node.fsutil import discard_on_error, fsync_dir, full_error, is_full, temp_name, write_atomic
@@ -266,8 +267,10 @@ class Repo:
                 ) from None
 
     def gc(self) -> tuple[int, int]:
-        """Remove every block no pin lists, and stale temp files. Returns ``(blocks, bytes)`` freed."""
+        """Remove every block no pin lists, and stale temp files. Returns ``(blocks, bytes)`` freed.
+        Refuses (RepoDamagedError, nothing deleted) if the index or a pin fails node/repocheck.py's checks."""
         with self.lock(exclusive=True):
+            repocheck.check_before_gc(self)
             removed, freed = self.blocks.collect(self._live_blocks())
             for stale in self.tmp.iterdir():
                 with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,468 @@
+"""Integrity checks and repair of a repo's metadata: the block index and the pins (``sealbox repo``).
+
+gc deletes what no pin lists, so it trusts two kinds of metadata: the index (where each block lies)
+and the pins' block lists. Either may be damaged by a disk or another process. :func:`check_before_gc`
+runs before gc deletes anything, and refuses with one line when:
+
+- SQLite's ``quick_check`` fails, the index has no blocks table, or its two b-trees disagree on the
+  number of rows (the pack index is what gc groups by: a truncated one made gc delete every pack);
+- a row points at a missing pack, past a pack's end, or (framed packs) where no frame of that block is;
+- a pin cannot be read, its list fails its checksum (version 2), or it lists a block the index lacks
+  (a root is pinned only once all its blocks are indexed, so this is damage in one or the other; it is
+  also what finds a flipped bit in a version-1 list, which has no checksum).
+
+:func:`repair` rebuilds the index from the packs when it fails any of this: every frame of a framed pack
+is hashed and indexed if it matches its digest (damaged spans are skipped by looking for the next frame
+magic); a pack written before framing can only be re-indexed from the rows the old index still yields,
+each checked by hashing. Then each pin whose list is damaged is rebuilt by walking its tree, where the
+repo holds its key (roots it added); a fetched root's list cannot be rebuilt without its link, and a pin
+whose header is damaged cannot be repaired at all: the report says so, and gc stays refused until the
+user removes it. The old index is kept beside the new one as ``index.damaged.sqlite``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import mmap
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from node.blockstore import (
+    _SCHEMA,
+    FRAME,
+    FRAME_MAGIC,
+    LOCATE_BATCH,
+    MAX_BLOCK,
+    PACK_MAGIC,
+    BlockStore,
+    _pack_number,
+)
+from node.errors import DaemonError, NodeError, RepoDamagedError, RepoError
+from node.fsutil import fsync_dir
+from protocol.cid import CID_PREFIX, cid_from_text, cid_to_text
+from protocol.errors import CidError, ProtocolError
+from protocol.manifest import EntryDecoder, open_node
+from protocol.stream import iter_leaves, open_content
+
+if TYPE_CHECKING:
+    from node.repo import Pin, Repo
+
+MAX_LISTED = 3  # problems of one kind named in full; the rest are counted
+MAX_DEPTH = 255
+DAEMON_LOCK = "daemon.lock"  # node/daemon.py's LOCK_NAME (that module imports libp2p)
+
+
+@dataclass
+class Report:
+    """What a check or repair found (``problems``: what is wrong now) and did (``done``)."""
+
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+
+
+# -- the index ------------------------------------------------------------------------------------------
+
+
+def _connect(store: BlockStore) -> sqlite3.Connection:
+    return sqlite3.connect(store.root / "index.sqlite", timeout=60, isolation_level=None)
+
+
+def _index_problems(store: BlockStore, *, full: bool = False) -> list[str]:
+    """What is wrong with the index, as one line each (empty: nothing found)."""
+    try:
+        db = _connect(store)
+    except sqlite3.Error as exc:
+        return [f"the block index cannot be opened ({exc})"]
+    try:
+        return _check_index(db, store, full=full)
+    except sqlite3.Error as exc:
+        return [f"the block index cannot be read ({exc})"]
+    finally:
+        db.close()
+
+
+def _check_index(db: sqlite3.Connection, store: BlockStore, *, full: bool) -> list[str]:
+    result = db.execute("PRAGMA integrity_check(5)" if full else "PRAGMA quick_check(5)").fetchall()
+    if [r[0] for r in result] != ["ok"]:
+        first = " ".join(str(result[0][0]).replace("*** in database main ***", "").split())
+        return [f"the block index fails SQLite's integrity check ({first[:120]})"]
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'blocks'").fetchone():
+        return ["the block index holds no blocks table (deleted or replaced)"]
+    (by_digest,) = db.execute("SELECT count(*) FROM blocks NOT INDEXED").fetchone()
+    (by_pack,) = db.execute("SELECT count(*) FROM blocks INDEXED BY blocks_by_pack").fetchone()
+    if by_digest != by_pack:
+        return [f"the block index's two b-trees disagree ({by_digest} rows by digest, {by_pack} by pack)"]
+    problems = []
+    rows = db.execute("SELECT pack, count(*), max(offset + length), min(offset) FROM blocks GROUP BY pack")
+    framed: set[int] = set()
+    for pack, count, end, first in rows:
+        path = store.pack_path(pack)
+        try:
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                head = f.read(len(PACK_MAGIC))
+        except FileNotFoundError:
+            problems.append(f"{count} indexed block(s) lie in pack {pack}, which is missing")
+            continue
+        if end > size:
+            problems.append(f"indexed blocks lie past the end of pack {pack} ({end} > {size} bytes)")
+        elif head == PACK_MAGIC:
+            if first < len(PACK_MAGIC) + FRAME.size:
+                problems.append(f"an indexed block lies over the header of pack {pack}")
+            else:
+                framed.add(pack)
+    if problems:
+        return problems
+    return _frame_problems(db, store, framed)
+
+
+def _frame_problems(db: sqlite3.Connection, store: BlockStore, framed: set[int]) -> list[str]:
+    """Every row into a framed pack must point just past a frame holding its digest and length."""
+    bad = 0
+    example = ""
+    fds: dict[int, int] = {}
+    try:
+        for digest, pack, offset, length in db.execute("SELECT digest, pack, offset, length FROM blocks"):
+            if pack not in framed:
+                continue
+            fd = fds.get(pack)
+            if fd is None:
+                fd = fds[pack] = os.open(store.pack_path(pack), os.O_RDONLY)
+            if os.pread(fd, FRAME.size, offset - FRAME.size) != FRAME.pack(FRAME_MAGIC, length, digest):
+                bad += 1
+                example = example or f"{cid_to_text(CID_PREFIX + bytes(digest))} in pack {pack}"
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    if bad:
+        return [f"{bad} index row(s) point where the pack holds another block or none (e.g. {example})"]
+    return []
+
+
+# -- the pins -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _PinState:
+    root: bytes
+    pin: Pin | None  # None: the header cannot be read
+    problem: str | None = None
+    missing: int = 0  # listed blocks the index lacks
+    version: int = 2
+
+
+def _pin_states(repo: Repo) -> Iterator[_PinState | str]:
+    """Each pin file's state, or a line for a file that is not named after a root."""
+    for path in sorted(repo.pins_dir.glob("*.pin")):
+        try:
+            root = cid_from_text(path.name[: -len(".pin")])
+        except CidError:
+            yield f"pins/{path.name[:80]!r} is not named after a root"
+            continue
+        try:
+            layout = repo.pin_layout(root)
+        except RepoError as exc:
+            yield _PinState(root, None, str(exc))
+            continue
+        except FileNotFoundError:
+            continue
+        state = _PinState(root, layout.pin, version=layout.version)
+        try:
+            state.missing = _count_missing(repo, root)
+        except RepoError as exc:
+            state.problem = str(exc)
+        yield state
+
+
+def _count_missing(repo: Repo, root: bytes) -> int:
+    """How many blocks the pin of ``root`` lists that the index lacks (RepoError: its list is damaged)."""
+    missing = 0
+    batch: list[bytes] = []
+    for cid in repo.pin_blocks(root):
+        batch.append(cid)
+        if len(batch) >= LOCATE_BATCH:
+            missing += len(batch) - len(repo.blocks.locate(batch))
+            batch = []
+    return missing + len(batch) - len(repo.blocks.locate(batch))
+
+
+def _pin_problems(repo: Repo) -> tuple[list[str], list[str]]:
+    problems: list[str] = []
+    notes: list[str] = []
+    for state in _pin_states(repo):
+        if isinstance(state, str):
+            notes.append(f"{state}: ignored")
+        elif state.problem is not None:
+            problems.append(state.problem)
+        elif state.missing:
+            problems.append(
+                f"pin of {cid_to_text(state.root)} lists {state.missing} block(s) the index lacks"
+            )
+        elif state.version == 1:
+            notes.append(f"pin of {cid_to_text(state.root)} has no checksum (version 1): repair adds one")
+    return problems, notes
+
+
+def _summary(problems: list[str]) -> str:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more
+
+
+def check_before_gc(repo: Repo) -> None:
+    """Raise RepoDamagedError (one line) unless the index and every pin pass their checks. The caller
+    holds the repo's exclusive lock."""
+    problems = _index_problems(repo.blocks)
+    if not problems:
+        try:
+            problems, _notes = _pin_problems(repo)
+        except RepoDamagedError as exc:
+            problems = [str(exc)]
+    if problems:
+        raise RepoDamagedError(
+            f"gc refused, nothing was deleted: {_summary(problems)};"
+            " run 'sealbox repo check', then 'sealbox repo repair'"
+        )
+
+
+def check(repo: Repo, *, deep: bool = False) -> Report:
+    """Everything :func:`check_before_gc` checks (with SQLite's full integrity check), and with ``deep``
+    every indexed block read back and hashed."""
+    report = Report(problems=_index_problems(repo.blocks, full=True))
+    if not report.problems:
+        problems, report.notes = _pin_problems(repo)
+        report.problems += problems
+        if deep:
+            report.problems += _hash_every_block(repo.blocks)
+    return report
+
+
+def _hash_every_block(store: BlockStore) -> list[str]:
+    bad = 0
+    for cid, _length in store:
+        try:
+            store.get(cid)
+        except (ProtocolError, NodeError):
+            bad += 1
+    return [f"{bad} stored block(s) do not match their id (damaged on disk)"] if bad else []
+
+
+# -- repair ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _no_daemon(repo: Repo) -> Iterator[None]:
+    """Hold the daemon's lock for the block: no daemon may hold the index open while it is replaced."""
+    fd = os.open(repo.path / DAEMON_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DaemonError("a daemon runs on this repo: stop it before 'sealbox repo repair'") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def repair(repo: Repo) -> Report:
+    """Rebuild the index if it fails its checks, then each pin whose list is damaged (see the module's
+    docstring); report what was done and what is still wrong."""
+    report = Report()
+    with _no_daemon(repo), repo.lock(exclusive=True):
+        problems = _index_problems(repo.blocks, full=True)
+        if not problems:
+            with contextlib.suppress(RepoError):
+                problems = [p for p in _pin_problems(repo)[0] if "the index lacks" in p]
+        if problems:
+            report.notes.append(f"index: {_summary(problems)}")
+            _rebuild_index(repo.blocks, report)
+        for state in _pin_states(repo):
+            if isinstance(state, str):
+                report.notes.append(f"{state}: ignored")
+            else:
+                _repair_pin(repo, state, report)
+    return report
+
+
+def _old_rows(store: BlockStore) -> dict[int, list[tuple[bytes, int, int]]]:
+    """What the old index still yields, by pack (as much as SQLite reads before it fails)."""
+    out: dict[int, list[tuple[bytes, int, int]]] = {}
+    with contextlib.suppress(sqlite3.Error):
+        db = _connect(store)
+        try:
+            for digest, pack, offset, length in db.execute(
+                "SELECT digest, pack, offset, length FROM blocks NOT INDEXED"
+            ):
+                out.setdefault(pack, []).append((bytes(digest), offset, length))
+        except sqlite3.Error:
+            pass
+        finally:
+            db.close()
+    return out
+
+
+def _scan_framed(path: Path) -> tuple[list[tuple[bytes, int, int]], int]:
+    """Every frame of a framed pack whose block hashes to its digest, and how many damaged spans were
+    skipped (found again at the next frame magic; an unfinished write at the end counts as one)."""
+    found: list[tuple[bytes, int, int]] = []
+    skipped = 0
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= len(PACK_MAGIC):
+            return found, 0
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            pos = len(PACK_MAGIC)
+            while pos + FRAME.size <= size:
+                magic, length, digest = FRAME.unpack_from(mm, pos)
+                start = pos + FRAME.size
+                end = start + length
+                whole = magic == FRAME_MAGIC and length <= MAX_BLOCK and end <= size
+                if whole and hashlib.sha256(mm[start:end]).digest() == digest:
+                    found.append((digest, start, length))
+                    pos = end
+                    continue
+                skipped += 1
+                pos = mm.find(FRAME_MAGIC, pos + 1)
+                if pos < 0:
+                    break
+    return found, skipped
+
+
+def _verified_rows(
+    store: BlockStore, pack: int, rows: list[tuple[bytes, int, int]]
+) -> list[tuple[bytes, int, int]]:
+    good = []
+    with open(store.pack_path(pack), "rb") as f:
+        for digest, offset, length in rows:
+            if 0 <= length <= MAX_BLOCK and offset >= 0:
+                f.seek(offset)
+                if hashlib.sha256(f.read(length)).digest() == digest:
+                    good.append((digest, offset, length))
+    return good
+
+
+def _rebuild_index(store: BlockStore, report: Report) -> None:
+    old = _old_rows(store)
+    rows: dict[bytes, tuple[int, int, int]] = {}
+    for path in sorted(store.packs.iterdir()):
+        pack = _pack_number(path)
+        if pack is None:
+            continue
+        with open(path, "rb") as f:
+            framed = f.read(len(PACK_MAGIC)) == PACK_MAGIC
+        if framed:
+            found, skipped = _scan_framed(path)
+            if skipped:
+                report.notes.append(f"pack {pack}: {skipped} damaged or unfinished span(s) skipped")
+        else:
+            listed = old.get(pack, [])
+            found = _verified_rows(store, pack, listed)
+            if len(found) < len(listed) or not listed:
+                report.problems.append(
+                    f"pack {pack} predates framing: {len(found)} of its blocks were found through the old"
+                    f" index ({len(listed) - len(found)} rows did not check), the rest cannot be found"
+                )
+        for digest, offset, length in found:
+            rows.setdefault(digest, (pack, offset, length))
+    new = store.root / "index.rebuild.sqlite"
+    for stale in (new, new.with_name(new.name + "-journal")):
+        stale.unlink(missing_ok=True)
+    db = sqlite3.connect(new, isolation_level=None)
+    try:
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?)", ((d, *where) for d, where in rows.items()))
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    with open(new, "rb") as f:
+        os.fsync(f.fileno())
+    store.close()
+    current = store.root / "index.sqlite"
+    aside = store.root / "index.damaged.sqlite"
+    for suffix in ("-wal", "-shm", ""):  # the WAL first: it must never be applied to the new index
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{current}{suffix}", f"{aside}{suffix}")
+    os.replace(new, current)
+    fsync_dir(store.root)
+    report.done.append(f"index rebuilt from the packs: {len(rows)} blocks (the old one kept as {aside.name})")
+
+
+def _repair_pin(repo: Repo, state: _PinState, report: Report) -> None:
+    root = cid_to_text(state.root)
+    pin = state.pin
+    if pin is None:
+        report.problems.append(
+            f"{state.problem}: cannot be repaired (its header is lost); delete pins/{root}.pin to let gc"
+            " run (its blocks then go at the next gc; 'sealbox get' its link again if you hold it)"
+        )
+        return
+    if state.problem is None and not state.missing:
+        if state.version == 1:
+            repo._rewrite_pin(pin)
+            report.done.append(f"pin of {root}: checksum added (version 2)")
+        return
+    why = state.problem or f"pin of {root} lists {state.missing} block(s) the index lacks"
+    if pin.key is None:
+        report.problems.append(
+            f"{why}: cannot be rebuilt, this repo does not hold its key; 'sealbox rm {root}' then"
+            " 'sealbox get' its link again"
+        )
+        return
+    try:
+        listed, stored = _tree_blocks(repo.blocks, pin.root, pin.key)
+    except (ProtocolError, NodeError) as exc:
+        report.problems.append(f"{why}: cannot be rebuilt, its tree cannot be walked ({exc})")
+        return
+    path = repo.new_block_list()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"".join(listed))
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    repo.write_pin(replace(pin, blocks=len(listed), stored=stored), path)
+    report.done.append(f"pin of {root}: block list rebuilt from its tree ({len(listed)} blocks)")
+
+
+def _tree_blocks(store: BlockStore, root: bytes, key: bytes) -> tuple[list[bytes], int]:
+    """Every block of the tree under ``root`` (opened with ``key``) and their total length; NotFoundError
+    if one is not stored, a ProtocolError if one does not open."""
+    seen: dict[bytes, None] = {}
+
+    def fetch(cid: bytes) -> bytes:
+        seen[cid] = None
+        return store.get(cid)
+
+    def visit(number: int, cid: bytes, is_root: bool, depth: int) -> None:
+        node, keys = open_node(key, number, cid, fetch(cid), root=is_root)
+        leaves = [leaf for _position, leaf in iter_leaves(node, keys, fetch)]
+        if node.kind == "file" or depth >= MAX_DEPTH:
+            for leaf in leaves:
+                seen[leaf] = None
+            return
+        decoder = EntryDecoder()
+        for position, leaf in enumerate(leaves):
+            for entry in decoder.feed(open_content(keys.data, node, position, leaf, fetch(leaf))):
+                visit(entry.number, entry.cid, False, depth + 1)
+        decoder.finish()
+
+    visit(0, root, True, 0)
+    cids = list(seen)
+    where = {}
+    for start in range(0, len(cids), LOCATE_BATCH):
+        where.update(store.locate(cids[start : start + LOCATE_BATCH]))
+    absent = [c for c in cids if c not in where]
+    if absent:
+        raise RepoError(f"{len(absent)} of its blocks are not stored (e.g. {cid_to_text(absent[0])})")
+    return cids, sum(length for _pack, _offset, length in where.values())
