@@ -33,6 +33,7 @@ from types import TracebackType
 
 from node.errors import NotFoundError, RepoDamagedError, RepoError
 from node.fsutil import WRITEBACK_STEP, fsync_dir, full_error, is_full, start_writeback
+from node.quota import Quota
 from protocol.cid import CID_PREFIX, check_cid, cid_to_text, verify_block
 from protocol.manifest import MAX_CHUNK
 from protocol.seal import TAG_LEN
@@ -102,6 +103,7 @@ class BlockStore:
         self._readers: dict[int, int] = {}
         self._db: sqlite3.Connection | None = None
         self._listeners: list[Callable[[list[bytes]], None]] = []
+        self.quota: Quota | None = None  # storage_limit, see set_limit
 
     def add_listener(self, listener: Callable[[list[bytes]], None]) -> None:
         """Call ``listener(digests)`` after each commit with the sha2-256 digests of the blocks it made
@@ -235,8 +237,21 @@ class BlockStore:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def writer(self) -> PackWriter:
-        return PackWriter(self)
+    def writer(self, *, counted: bool = True) -> PackWriter:
+        """A writer session; ``counted=False`` (gc's compaction, which only moves blocks) is not held to
+        :attr:`limit`."""
+        return PackWriter(self, counted=counted)
+
+    def set_limit(self, limit: int | None) -> None:
+        """Hold every counted writer session to ``limit`` bytes of blocks (node/quota.py); None: no limit."""
+        self.quota = None if limit is None else Quota(limit, self._count_bytes)
+
+    def _count_bytes(self) -> int:
+        try:
+            (used,) = self.db.execute("SELECT coalesce(sum(length), 0) FROM blocks").fetchone()
+        except sqlite3.Error as exc:
+            raise damaged_index(self.root, exc) from None
+        return int(used)
 
     def put(self, cid: bytes, block: bytes) -> bool:
         """Verify and store one block in a session of its own. Returns False if it was already there."""
@@ -267,6 +282,8 @@ class BlockStore:
 
     def collect(self, keep: Iterable[bytes]) -> tuple[int, int]:
         """Drop every block not in ``keep``; delete or compact packs. Returns ``(blocks, bytes freed)``."""
+        if self.quota is not None:
+            self.quota.recount()
         before = self._disk_usage()
         with self._lock:
             db = self.db
@@ -305,7 +322,7 @@ class BlockStore:
             rows = self.db.execute(
                 "SELECT digest FROM blocks WHERE pack = ? ORDER BY offset", (number,)
             ).fetchall()
-        with self.writer() as writer:
+        with self.writer(counted=False) as writer:
             for (digest,) in rows:
                 cid = CID_PREFIX + digest
                 writer.put(cid, self.get(cid), force=True)
@@ -332,8 +349,11 @@ class PackWriter:
     bytes written with ``pwrite`` outside it. Closing without commit removes what was written.
     """
 
-    def __init__(self, store: BlockStore) -> None:
+    def __init__(self, store: BlockStore, *, counted: bool = True) -> None:
         self.store = store
+        self._quota = store.quota if counted else None
+        self._charged = 0  # bytes charged to the store's limit, not yet committed
+        self._closed = False
         self._lock = threading.Lock()
         self._packs: list[tuple[int, int]] = []  # (number, fd) in order of creation
         self._end = 0
@@ -342,6 +362,8 @@ class PackWriter:
         self._reserved: set[bytes] = set()  # every digest this session has taken on
         self.written = 0  # blocks this session added
         self._new_pack()
+        if self._quota is not None:
+            self._quota.session(True)
 
     def __enter__(self) -> PackWriter:
         return self
@@ -396,6 +418,9 @@ class PackWriter:
         with self._lock:
             if digest in self._reserved:
                 return False
+            if self._quota is not None:
+                self._quota.charge(len(block))
+                self._charged += len(block)
             self._reserved.add(digest)
             if self._end + FRAME.size + len(block) > PACK_MAX and self._end > len(PACK_MAGIC):
                 self._new_pack()
@@ -414,6 +439,9 @@ class PackWriter:
         except OSError as exc:
             with self._lock:
                 self._reserved.discard(digest)
+                if self._quota is not None:
+                    self._charged -= len(block)
+                    self._quota.settle(0, len(block))
             if is_full(exc):
                 raise full_error(self.store.root) from None
             raise
@@ -441,11 +469,19 @@ class PackWriter:
         rows = [(digest, p, o, n) for digest, (p, o, n) in pending.items()]
         self.store._index(rows, replace=replace)
         self.written += len(rows)
+        if self._quota is not None:
+            size = sum(n for _d, _p, _o, n in rows)
+            with self._lock:
+                self._charged -= size
+            self._quota.settle(size, 0)
         for number, end in ends.items():
             self._committed_end[number] = max(end, self._committed_end.get(number, 0))
 
     def close(self) -> None:
-        """End the session: drop what was not committed (empty packs are removed)."""
+        """End the session: drop what was not committed (empty packs are removed). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         for number, fd in self._packs:
             end = self._committed_end.get(number, 0)
             path = self.store.pack_path(number)
@@ -457,3 +493,8 @@ class PackWriter:
             os.close(fd)
         self._packs = []
         self._pending = {}
+        if self._quota is not None:
+            with self._lock:
+                dropped, self._charged = self._charged, 0
+            self._quota.settle(0, dropped)
+            self._quota.session(False)

@@ -186,7 +186,9 @@ def _fetch_from_network(args: argparse.Namespace, repo: Repo, link: ShareLink) -
 
     logs.silence_libraries()
 
-    bootstrap = [*load_config(repo.path, create=False).bootstrap, *(args.bootstrap or ())]
+    config = load_config(repo.path, create=False)
+    repo.blocks.set_limit(config.storage_limit)
+    bootstrap = [*config.bootstrap, *(args.bootstrap or ())]
     if not link.peers and not bootstrap:
         raise NotFoundError(
             f"{cid_to_text(link.root)} is not in this repo, and there is nowhere to look for it: the link"

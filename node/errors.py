@@ -18,6 +18,10 @@ class RepoDamagedError(RepoError):
     ``sealbox repo check`` / ``repair`` say what and mend what can be mended."""
 
 
+class StorageLimitError(RepoFullError):
+    """Storing more would take the repo past its ``storage_limit``; what the operation wrote is dropped."""
+
+
 class NotFoundError(NodeError):
     """A block or pin the operation needs is not in the repo."""
 

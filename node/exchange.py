@@ -286,7 +286,31 @@ async def fetch_blocks(
     ``on_block(cid, peer, size)``, if given, is called for each block stored. ``discover``, if given,
     is called 3 s into the fetch and then at doubling intervals (up to 30 s) for
     the peer ids that provide the blocks now; new ones join the fetch.
+
+    A RepoError while storing (a full disk, the storage limit) ends the fetch as itself, not inside the
+    nursery's exception group, so the caller reports its one line.
     """
+    try:
+        return await _fetch_blocks(host, store, peers, cids, window, request_timeout, on_block, discover)
+    except* RepoError as group:
+        raise _first(group) from None
+
+
+def _first(group: BaseExceptionGroup[RepoError]) -> RepoError:
+    inner = group.exceptions[0]
+    return _first(inner) if isinstance(inner, BaseExceptionGroup) else inner
+
+
+async def _fetch_blocks(
+    host: IHost,
+    store: BlockStore,
+    peers: Sequence[str],
+    cids: Iterable[bytes],
+    window: int,
+    request_timeout: float,
+    on_block: Callable[[bytes, str, int], None] | None,
+    discover: Callable[[], Awaitable[Sequence[str]]] | None,
+) -> FetchStats:
     stats = FetchStats()
     plan = FetchPlan(window=window)
     wanted = list(cids)
