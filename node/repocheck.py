@@ -17,7 +17,8 @@ magic); a pack written before framing can only be re-indexed from the rows the o
 each checked by hashing. Then each pin whose list is damaged is rebuilt by walking its tree, where the
 repo holds its key (roots it added); a fetched root's list cannot be rebuilt without its link, and a pin
 whose header is damaged cannot be repaired at all: the report says so, and gc stays refused until the
-user removes it. The old index is kept beside the new one as ``index.damaged.sqlite``.
+user removes it (``sealbox rm ROOT`` removes a damaged pin). The old index is kept beside the new one
+as ``index.damaged.sqlite``.
 """
 
 from __future__ import annotations
@@ -414,8 +415,8 @@ def _repair_pin(repo: Repo, state: _PinState, report: Report) -> None:
     pin = state.pin
     if pin is None:
         report.problems.append(
-            f"{state.problem}: cannot be repaired (its header is lost); delete pins/{root}.pin to let gc"
-            " run (its blocks then go at the next gc; 'sealbox get' its link again if you hold it)"
+            f"{state.problem}: cannot be repaired (its header is lost); 'sealbox rm {root}' lets gc run"
+            " (its blocks then go at the next gc; 'sealbox get' its link again if you hold it)"
         )
         return
     if state.problem is None and not state.missing:

@@ -255,3 +255,18 @@ def test_repair_refuses_while_a_daemon_holds_the_repo(run_cli: RunCli, tmp_path:
         assert "stop it before 'sealbox repo repair'" in one_error(run_cli("--repo", repo, "repo", "repair"))
     finally:
         os.close(fd)
+
+
+def test_a_pin_whose_header_is_lost_stops_gc_until_it_is_removed(run_cli: RunCli, tmp_path: Path) -> None:
+    repo, added = _repo_with_files(run_cli, tmp_path)
+    pin = _pins(repo)[2]
+    data = bytearray(pin.read_bytes())
+    data[-50] ^= 0xFF  # in the header: its checksum refuses it
+    pin.write_bytes(bytes(data))
+    assert f"pin of {pin.stem} is damaged" in one_error(run_cli("--repo", repo, "gc"))
+    repaired = run_cli("--repo", repo, "repo", "repair")
+    assert f"cannot be repaired (its header is lost); 'sealbox rm {pin.stem}' lets gc run" in repaired.stdout
+    one_error(repaired)
+    assert ok(run_cli("--repo", repo, "rm", pin.stem)).strip() == f"unpinned {pin.stem}"
+    ok(run_cli("--repo", repo, "gc"))
+    assert _intact(run_cli, repo, added, tmp_path) == 2
