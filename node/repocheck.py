@@ -349,17 +349,31 @@ def _scan_framed(path: Path) -> tuple[list[tuple[bytes, int, int]], int]:
     return found, skipped
 
 
-def _verified_rows(
-    store: BlockStore, pack: int, rows: list[tuple[bytes, int, int]]
-) -> list[tuple[bytes, int, int]]:
+Rows = list[tuple[bytes, int, int]]  # (digest, offset, length) in one pack
+
+
+def _verified_rows(store: BlockStore, pack: int, rows: Rows) -> tuple[Rows, int]:
+    """The rows of an unframed pack whose bytes hash to their digest, and then each gap between them
+    (and after the last) that is one block long at most, indexed under its own hash: a row the index
+    lost between two it kept is found again so. A gap holding several blocks hashes to no CID any pin
+    lists, so its row is only unreferenced, and gc drops it. Returns the rows and how many gaps."""
     good = []
     with open(store.pack_path(pack), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         for digest, offset, length in rows:
-            if 0 <= length <= MAX_BLOCK and offset >= 0:
+            if 0 <= length <= MAX_BLOCK and 0 <= offset <= size - length:
                 f.seek(offset)
                 if hashlib.sha256(f.read(length)).digest() == digest:
                     good.append((digest, offset, length))
-    return good
+        good.sort(key=lambda row: row[1])
+        gaps = []
+        end = 0
+        for _digest, offset, length in [*good, (b"", size, 0)]:
+            if 0 < offset - end <= MAX_BLOCK:
+                f.seek(end)
+                gaps.append((hashlib.sha256(f.read(offset - end)).digest(), end, offset - end))
+            end = max(end, offset + length)
+    return good + gaps, len(gaps)
 
 
 def _rebuild_index(store: BlockStore, report: Report) -> None:
@@ -377,12 +391,17 @@ def _rebuild_index(store: BlockStore, report: Report) -> None:
                 report.notes.append(f"pack {pack}: {skipped} damaged or unfinished span(s) skipped")
         else:
             listed = old.get(pack, [])
-            found = _verified_rows(store, pack, listed)
-            if len(found) < len(listed) or not listed:
+            if not listed:
                 report.problems.append(
-                    f"pack {pack} predates framing: {len(found)} of its blocks were found through the old"
-                    f" index ({len(listed) - len(found)} rows did not check), the rest cannot be found"
+                    f"pack {pack} predates framing and the old index names none of its blocks: they"
+                    " cannot be found (the pack is kept)"
                 )
+                continue
+            found, gaps = _verified_rows(store, pack, listed)
+            report.notes.append(
+                f"pack {pack} predates framing: {len(found) - gaps} of its blocks found through the old"
+                f" index ({len(listed) + gaps - len(found)} rows did not check), {gaps} in the gaps between"
+            )
         for digest, offset, length in found:
             rows.setdefault(digest, (pack, offset, length))
     new = store.root / "index.rebuild.sqlite"
