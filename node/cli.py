@@ -319,10 +319,10 @@ def cmd_gc(args: argparse.Namespace) -> None:
 
 def cmd_repo(args: argparse.Namespace) -> None:
     """``repo check`` / ``repo repair``: what is wrong on stdout, one line each; non-zero if any is left."""
-    from node import repocheck
+    from node import repocheck, reporepair
 
     repo = _open_repo(args, create=False)
-    report = repocheck.repair(repo) if args.action == "repair" else repocheck.check(repo, deep=args.deep)
+    report = reporepair.repair(repo) if args.action == "repair" else repocheck.check(repo, deep=args.deep)
     lines = [*(f"fixed: {d}" for d in report.done), *(f"note: {n}" for n in report.notes)]
     lines += [f"problem: {p}" for p in report.problems]
     data = {"fixed": report.done, "notes": report.notes, "problems": report.problems}

@@ -188,7 +188,7 @@ def test_a_deleted_or_malformed_index_is_one_line_for_every_command(
 def test_gc_refuses_rows_into_a_missing_pack_or_past_its_end_or_off_their_frame(
     repo: Repo, tmp_path: Path
 ) -> None:
-    from node import repocheck
+    from node import repocheck, reporepair
     from node.add import add_path
     from node.errors import RepoDamagedError
     from node.get import get_link
@@ -211,7 +211,7 @@ def test_gc_refuses_rows_into_a_missing_pack_or_past_its_end_or_off_their_frame(
         with pytest.raises(RepoDamagedError, match=expected):
             repo.gc()
         assert repo.pin_layout(result.pin.root).pin == result.pin
-        report = repocheck.repair(repo)
+        report = reporepair.repair(repo)
         assert report.problems == [] and report.done[0].startswith("index rebuilt from the packs: 4 blocks")
         assert repocheck.check(repo).problems == []
     assert repo.gc() == (0, 0)
@@ -220,7 +220,7 @@ def test_gc_refuses_rows_into_a_missing_pack_or_past_its_end_or_off_their_frame(
 
 
 def test_repair_skips_a_damaged_frame_and_keeps_every_other_block(repo: Repo, tmp_path: Path) -> None:
-    from node import repocheck
+    from node import reporepair
     from node.add import add_path
     from tests.helpers import block_region, write_region
 
@@ -231,7 +231,7 @@ def test_repair_skips_a_damaged_frame_and_keeps_every_other_block(repo: Repo, tm
     write_region(path, offset - 30, b"\xff" * 8)  # its frame's length and digest
     (repo.blocks.root / "index.sqlite").unlink()
     repo.blocks.close()
-    report = repocheck.repair(repo)
+    report = reporepair.repair(repo)
     assert any("1 damaged or unfinished span(s) skipped" in n for n in report.notes)
     assert any(cid_to_text(hurt.pin.root) in p and "cannot be rebuilt" in p for p in report.problems)
     assert not repo.blocks.has(victim)
@@ -293,7 +293,7 @@ def _as_unframed_pack(repo: Repo, number: int) -> None:
 def test_a_pack_written_before_frames_is_read_checked_and_recovered_through_the_old_index(
     repo: Repo, tmp_path: Path
 ) -> None:
-    from node import repocheck
+    from node import repocheck, reporepair
     from node.add import add_path
     from node.get import get_link
 
@@ -305,7 +305,7 @@ def test_a_pack_written_before_frames_is_read_checked_and_recovered_through_the_
     # a row lost from the index (as a truncated index loses them): found again between the others
     with sqlite3.connect(repo.blocks.root / "index.sqlite") as db:
         db.execute("DELETE FROM blocks WHERE offset = (SELECT min(offset) FROM blocks WHERE offset > 0)")
-    report = repocheck.repair(repo)
+    report = reporepair.repair(repo)
     said = "pack 77 predates framing: 3 of its blocks found through the old index (0 rows did not check), 1"
     assert any(note.startswith(said) for note in report.notes), report.notes
     assert report.problems == [] and repocheck.check(repo).problems == []
@@ -314,7 +314,7 @@ def test_a_pack_written_before_frames_is_read_checked_and_recovered_through_the_
     # with the index gone there is no way back into that pack: said so, and nothing is deleted
     (repo.blocks.root / "index.sqlite").unlink()
     repo.blocks.close()
-    report = repocheck.repair(repo)
+    report = reporepair.repair(repo)
     assert any("pack 77 predates framing and the old index names none" in p for p in report.problems)
     assert any("cannot be rebuilt" in p for p in report.problems)
     assert repo.blocks.pack_path(77).exists()
