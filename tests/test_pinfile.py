@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from node.errors import RepoError
 from node.repo import Pin, Repo
 from protocol.cid import CID_LEN, cid_to_text
 from tests.helpers import RunCli, ok
+from tests.test_daemon import Daemon, daemons  # noqa: F401  (the fixture)
 
 
 def _file(path: Path, data: bytes) -> Path:
@@ -220,3 +223,23 @@ def test_fuzz_the_pin_decoder_gives_repo_errors_only(data: bytes) -> None:
     # what decodes is well-formed: a list of CIDs as long as the header says, a time datetime can show
     assert len(cids) == pin.blocks
     assert 0 <= pin.added <= 253402300799.0
+
+
+def test_ls_through_the_daemon_names_damaged_pins_too(
+    run_cli: RunCli,
+    tmp_path: Path,
+    daemons: Callable[..., Daemon],  # noqa: F811
+) -> None:
+    repo_dir = tmp_path / "repo"
+    daemon = daemons(repo_dir)
+    daemon.wait_ready()
+    for i in range(2):
+        ok(run_cli("--repo", repo_dir, "add", _file(tmp_path / f"f{i}", os.urandom(2000 + i))))
+    pin = sorted((repo_dir / "pins").glob("*.pin"))[0]
+    pin.write_bytes(pin.read_bytes()[:-3])  # its trailer cut short
+    result = run_cli("--repo", repo_dir, "ls", "--json")
+    assert len(json.loads(ok(result))) == 1
+    assert result.stderr.splitlines() == [
+        f"sealbox: warning: pin of {pin.stem} is damaged (its trailer is not a pin trailer): skipped"
+        " ('sealbox repo check' says more)"
+    ]
