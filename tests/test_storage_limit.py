@@ -78,7 +78,7 @@ def test_a_daemon_holds_an_add_and_a_fetch_to_its_limit(
     node = daemons(limited)
     node.wait_ready()
     small = _file(tmp_path / "small", 20_000)
-    ok(run_cli("--repo", limited, "add", small))
+    small_link = ok(run_cli("--repo", limited, "add", small)).strip()
     before = json.loads(ok(run_cli("--repo", limited, "status", "--json")))
     assert 0 < before["stored_bytes"] < LIMIT
 
@@ -104,3 +104,5 @@ def test_a_daemon_holds_an_add_and_a_fetch_to_its_limit(
     tiny_link = ok(run_cli("--repo", seed_repo, "add", tiny, "--peer-hints")).strip()
     ok(run_cli("--repo", limited, "get", tiny_link, "-o", tmp_path / "tiny.out"))
     assert (tmp_path / "tiny.out").read_bytes() == tiny.read_bytes()
+    ok(run_cli("--repo", limited, "get", small_link, "-o", tmp_path / "small.out"))
+    assert (tmp_path / "small.out").read_bytes() == small.read_bytes()
