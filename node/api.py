@@ -2,9 +2,22 @@
 
 Only the user who owns the repo can reach it: the socket is 0600 inside the 0700 repo, and every request
 must carry ``Authorization: Bearer <token>`` where the token is in ``REPO/api.token`` (0600, new at each
-daemon start). One request per connection (the answer says ``Connection: close``). A client gets
-``READ_TIMEOUT`` seconds to send its whole request and ``MAX_BODY`` bytes of body; headers are capped at
-``MAX_HEADER_BYTES``; at most ``MAX_CONNECTIONS`` connections are served at once.
+daemon start). One request per connection (the answer says ``Connection: close``). Headers are capped at
+``MAX_HEADER_BYTES``, bodies at ``MAX_BODY``; bodies are decoded by :mod:`node.api_json` (nesting depth
+capped before the decoder runs, repeated keys refused).
+
+A connection goes through two phases, so that idle connections cannot starve the owner's requests:
+
+1. **Waiting for its head.** A new connection has ``HEAD_TIMEOUT`` seconds (short: a client sends its
+   head at once) to send a complete request head with the right token; it holds no request slot. At most
+   ``MAX_WAITING`` connections wait at once: a new one beyond that closes the one that has waited longest
+   (evicted without an answer), so a flood of idle connections delays a real client by nothing but the
+   time to accept it. The kernel queues ``BACKLOG`` connections for accept, so a client's connect is not
+   refused while hundreds of flood connections are re-opened. A wrong or missing token is answered 401
+   at once.
+2. **A request.** An authorised head takes one of ``MAX_REQUESTS`` slots (a 503 answers when all are
+   taken: only the token's holder can fill them), then has ``READ_TIMEOUT`` seconds for its body. The
+   handler itself has no deadline: a fetch runs as long as it needs.
 
 The routes themselves (``node/control.py``) are plain async functions of the decoded JSON body; they raise
 :class:`node.errors.NodeError` (or a protocol error) for a refusal, which becomes ``{"error": "..."}``
@@ -27,6 +40,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import h11
 import trio
 
+from node.api_json import parse_object
 from node.errors import ApiError, DaemonError, NetworkError, NodeError, NotFoundError, RepoFullError
 from protocol.errors import ProtocolError
 
@@ -37,10 +51,13 @@ log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY = 64 * 1024
-MAX_CONNECTIONS = 32
-READ_TIMEOUT = 10.0
+MAX_REQUESTS = 32  # authorised requests served at once
+MAX_WAITING = 64  # connections that have not yet sent a request head; the oldest is evicted beyond
+HEAD_TIMEOUT = 5.0  # seconds from accept to a complete request head
+READ_TIMEOUT = 10.0  # seconds from the head to the end of the body
 WRITE_TIMEOUT = 10.0
 RECEIVE_SIZE = 16 * 1024
+BACKLOG = 1024  # connections the kernel queues for accept (capped by net.core.somaxconn)
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 Routes = Mapping[tuple[str, str], Handler]  # (method, path) -> handler
@@ -64,18 +81,20 @@ async def serve(
     token: str,
     routes: Routes,
     *,
+    head_timeout: float = HEAD_TIMEOUT,
     read_timeout: float = READ_TIMEOUT,
     max_body: int = MAX_BODY,
+    max_waiting: int = MAX_WAITING,
     task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve ``routes`` on the Unix socket ``path`` until cancelled; then remove the socket."""
-    server = _Server(token, routes, read_timeout, max_body)
+    server = _Server(token, routes, head_timeout, read_timeout, max_body, max_waiting)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         _remove(path)  # a crashed daemon's socket: the caller holds the daemon lock
         await sock.bind(os.fspath(path))
         os.chmod(path, 0o600)
-        sock.listen(MAX_CONNECTIONS)
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise DaemonError(f"cannot listen on {path}: {exc.strerror or exc}") from None
@@ -95,26 +114,74 @@ async def serve(
 
 
 class _Server:
-    def __init__(self, token: str, routes: Routes, read_timeout: float, max_body: int) -> None:
+    def __init__(
+        self,
+        token: str,
+        routes: Routes,
+        head_timeout: float,
+        read_timeout: float,
+        max_body: int,
+        max_waiting: int,
+    ) -> None:
         self.expected = f"Bearer {token}".encode("ascii")
         self.routes = routes
+        self.head_timeout = head_timeout
         self.read_timeout = read_timeout
         self.max_body = max_body
-        self.open = trio.CapacityLimiter(MAX_CONNECTIONS)
+        self.max_waiting = max_waiting
+        self.waiting: dict[trio.CancelScope, None] = {}  # connections before their head, oldest first
+        self.requests = trio.CapacityLimiter(MAX_REQUESTS)
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async with stream:
-            if self.open.available_tokens == 0:
-                return  # too many connections at once: close this one at once
-            async with self.open:
-                await self._handle(stream)
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+            request: h11.Request | None = None
+            try:
+                request = await self._wait_for_head(conn, stream)
+                if request is None:
+                    return  # evicted by newer connections, or closed before sending a request
+                self._check_token(request)
+            except trio.TooSlowError:
+                status, payload = 408, {"error": "request timed out"}
+            except _Refused as exc:
+                status, payload = exc.status, {"error": str(exc)}
+            except h11.RemoteProtocolError as exc:
+                status, payload = exc.error_status_hint, {"error": "malformed HTTP request"}
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+                return  # the client went away
+            else:
+                if self.requests.available_tokens == 0:
+                    status = 503
+                    payload = {"error": f"the daemon is busy ({MAX_REQUESTS} requests running): try again"}
+                else:
+                    async with self.requests:
+                        await self._serve_request(conn, stream, request)
+                    return
+            await self._respond(conn, stream, status, payload, request)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+    async def _wait_for_head(self, conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
+        """The request head, within ``head_timeout``; ``None`` when evicted or closed before a request.
+        Holds no request slot: while more than ``max_waiting`` connections wait, the oldest is evicted."""
+        with trio.CancelScope() as evict:
+            self.waiting[evict] = None
+            while len(self.waiting) > self.max_waiting:
+                oldest = next(iter(self.waiting))
+                del self.waiting[oldest]
+                oldest.cancel()
+            try:
+                with trio.fail_after(self.head_timeout):
+                    event = await self._receive(conn, stream)
+            finally:
+                self.waiting.pop(evict, None)
+            return event if isinstance(event, h11.Request) else None
+        return None  # evicted
+
+    async def _serve_request(
+        self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request
+    ) -> None:
         try:
             with trio.fail_after(self.read_timeout):
-                request = await self._read_head(conn, stream)
-                self._check(request)
+                self._check_length(request)
                 body = await self._read_body(conn, stream)
         except trio.TooSlowError:
             status, payload = 408, {"error": "request timed out"}
@@ -126,7 +193,7 @@ class _Server:
             return  # the client went away
         else:
             status, payload = await self._dispatch(request, body)
-        await self._respond(conn, stream, status, payload)
+        await self._respond(conn, stream, status, payload, request)
 
     async def _receive(self, conn: h11.Connection, stream: trio.SocketStream) -> Any:
         while True:
@@ -135,17 +202,13 @@ class _Server:
                 return event
             conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
 
-    async def _read_head(self, conn: h11.Connection, stream: trio.SocketStream) -> h11.Request:
-        event = await self._receive(conn, stream)
-        if not isinstance(event, h11.Request):
-            raise trio.BrokenResourceError  # the client closed before sending a request
-        return event
-
-    def _check(self, request: h11.Request) -> None:
+    def _check_token(self, request: h11.Request) -> None:
         headers = dict(request.headers)
         if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
             raise _Refused(401, "missing or wrong API token (see api.token in the repo)")
-        length = headers.get(b"content-length")
+
+    def _check_length(self, request: h11.Request) -> None:
+        length = dict(request.headers).get(b"content-length")
         if length is not None and int(length) > self.max_body:  # h11 checked it is a number
             raise _Refused(413, f"request body larger than {self.max_body} bytes")
 
@@ -171,11 +234,9 @@ class _Server:
                 return 405, {"error": f"{method} is not allowed on {path}"}
             return 404, {"error": f"no such endpoint: {path[:100]}"}
         try:
-            args = json.loads(body) if body.strip() else {}
-        except (ValueError, UnicodeDecodeError):
-            return 400, {"error": "the request body is not JSON"}
-        if not isinstance(args, dict):
-            return 400, {"error": "the request body must be a JSON object"}
+            args = parse_object(body)
+        except ApiError as exc:
+            return exc.status, {"error": str(exc)}
         try:
             return 200, await handler(args)
         except (NodeError, ProtocolError) as exc:
@@ -185,11 +246,21 @@ class _Server:
             return 500, {"error": "internal error: see the daemon's log"}
 
     async def _respond(
-        self, conn: h11.Connection, stream: trio.SocketStream, status: int, payload: Any
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        status: int,
+        payload: Any,
+        request: h11.Request | None,
     ) -> None:
+        """Send the answer. An answer to ``HEAD`` has the headers only: h11 refuses any body there (a
+        body used to raise LocalProtocolError out of the handler and stop the daemon)."""
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        data = json.dumps(payload, ensure_ascii=False).encode()
+        # ASCII with \u escapes: a lone surrogate (a non-UTF-8 file name in an error message) cannot be
+        # encoded as UTF-8, and once raised UnicodeEncodeError here, outside any handler, and stopped the
+        # daemon
+        data = json.dumps(payload, ensure_ascii=True).encode("ascii")
         headers = [
             ("content-type", "application/json"),
             ("content-length", str(len(data))),
@@ -200,7 +271,8 @@ class _Server:
         with trio.move_on_after(WRITE_TIMEOUT):
             try:
                 await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
-                await stream.send_all(conn.send(h11.Data(data=data)))
+                if request is None or request.method != b"HEAD":
+                    await stream.send_all(conn.send(h11.Data(data=data)))
                 await stream.send_all(conn.send(h11.EndOfMessage()))
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                 pass

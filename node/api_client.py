@@ -2,10 +2,16 @@
 
 ``ApiClient.call`` raises :class:`NoDaemon` when nothing answers on the repo's socket (no daemon runs,
 or a crashed one left its socket behind), and :class:`node.errors.ApiError` when the daemon refuses.
+
+A connection the daemon closes without any answer was evicted before its request head was read (a flood
+of idle connections, see ``node/api.py``): the request is sent again, ``ATTEMPTS`` times in all. The
+daemon answers every request it has read, so nothing runs twice (the socket of a daemon that died
+mid-request refuses the next attempt: no daemon).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,7 @@ from node.errors import ApiError, DaemonError
 
 CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 60.0
+ATTEMPTS = 3  # sends of a request the daemon closed without answering
 
 
 class NoDaemon(DaemonError):
@@ -49,18 +56,35 @@ class ApiClient:
             raise NoDaemon(f"no daemon runs on {self.repo_path} (start one with 'sealbox daemon')")
         import httpx  # here, not at the top: commands that find no daemon never pay for it
 
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")  # what httpx does, untrapped
+        except UnicodeEncodeError:
+            raise ApiError(
+                "a path or name given is not valid UTF-8 (a file name in another encoding?): rename it"
+            ) from None
         headers = {"authorization": f"Bearer {self._token() if token is None else token}"}
         transport = httpx.HTTPTransport(uds=os.fspath(self.socket))
         limits = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
-        try:
-            with httpx.Client(transport=transport, base_url="http://sealbox", timeout=limits) as client:
-                response = client.request(method, path, json=body, headers=headers)
-        except httpx.ConnectError:
-            raise NoDaemon(f"no daemon runs on {self.repo_path} (start one with 'sealbox daemon')") from None
-        except httpx.TimeoutException:
-            raise ApiError("the daemon did not answer in time", 504) from None
-        except httpx.TransportError as exc:
-            raise ApiError(f"lost the connection to the daemon: {exc}", 502) from None
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                with httpx.Client(transport=transport, base_url="http://sealbox", timeout=limits) as client:
+                    response = client.request(method, path, json=body, headers=headers)
+                break
+            except httpx.ConnectError:
+                raise NoDaemon(
+                    f"no daemon runs on {self.repo_path} (start one with 'sealbox daemon')"
+                ) from None
+            except httpx.TimeoutException:
+                raise ApiError("the daemon did not answer in time", 504) from None
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                # closed with no answer: the daemon evicted the connection before reading its head
+                # (node/api.py), so nothing was done and sending it again is safe
+                if attempt == ATTEMPTS:
+                    raise ApiError(f"lost the connection to the daemon: {exc}", 502) from None
+            except httpx.TransportError as exc:
+                raise ApiError(f"lost the connection to the daemon: {exc}", 502) from None
+        else:
+            raise AssertionError("unreachable")
         try:
             data = response.json()
         except ValueError:

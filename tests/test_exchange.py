@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -215,15 +216,17 @@ async def test_a_block_nobody_has_fails_fast_and_clearly(tmp_path: Path) -> None
         fetcher = await stack.enter_async_context(node(tmp_path / "fetcher"))
         for provider in providers:
             await connect(fetcher.host, provider.addr)
-        start = trio.current_time()
-        with trio.fail_after(10), pytest.raises(FetchError, match="no peer has block"):
+        # a request timeout far beyond the test's bound: only the NOT_FOUND answers can end the fetch
+        with trio.fail_after(60), pytest.raises(FetchError, match="no peer has block") as failure:
             await fetch_blocks(
                 fetcher.host,
                 fetcher.repo.blocks,
                 [p.peer_id for p in providers],
                 [cid_of(b"nobody has this")],
+                request_timeout=3600,
             )
-        assert trio.current_time() - start < 5  # not-found answers, not timeouts
+    stats = failure.value.stats
+    assert stats is not None and stats.not_found == len(providers) and not stats.dropped
 
 
 async def test_no_reachable_peer_is_a_clear_error(tmp_path: Path) -> None:
@@ -300,7 +303,10 @@ async def test_a_slow_but_steady_provider_is_not_timed_out(tmp_path: Path) -> No
     assert stats.received_from == {slow.peer_id: len(cids)} and not stats.dropped
 
 
-async def test_a_silent_provider_stalls_and_the_others_take_over(tmp_path: Path) -> None:
+async def test_a_silent_provider_stalls_and_the_others_take_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="node.exchange")
     with trio.fail_after(30):
         async with AsyncExitStack() as stack:
             good = await stack.enter_async_context(node(tmp_path / "good"))
@@ -310,13 +316,13 @@ async def test_a_silent_provider_stalls_and_the_others_take_over(tmp_path: Path)
             set_handler(mute.host, PROTOCOL_ID, silent_handler)
             for provider in (good, mute):
                 await connect(fetcher.host, provider.addr)
-            start = trio.current_time()
             stats = await fetch_blocks(
                 fetcher.host, fetcher.repo.blocks, [mute.peer_id, good.peer_id], cids, request_timeout=1.0
             )
-            elapsed = trio.current_time() - start
+    # one stall (1 s) moves the mute peer's requests to the good one, which serves them all
     assert stats.received_from == {good.peer_id: len(cids)}
-    assert elapsed < 5  # one stall (1 s) moves the mute peer's requests to the good one, then the endgame
+    stalls = [r for r in caplog.records if "answered nothing for" in r.getMessage()]
+    assert [mute.peer_id in r.getMessage() for r in stalls] == [True]
 
 
 async def test_a_peer_that_lacked_blocks_says_have_once_it_holds_them_and_serves_them(tmp_path: Path) -> None:

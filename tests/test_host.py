@@ -16,7 +16,6 @@ from libp2p.transport.tcp.tcp import TCP
 
 from node.errors import NetworkError
 from node.host import (
-    CONNECT_TIMEOUT,
     Peer,
     connect,
     listen_addrs,
@@ -143,10 +142,10 @@ async def test_dialing_a_closed_port_fails_within_the_deadline() -> None:
         async with open_host(new_identity()) as a:
             async with open_host(new_identity()) as gone:
                 addr = listen_addrs(gone)[0]
-            start = trio.current_time()
-            with pytest.raises(NetworkError, match="cannot connect"):
+            with pytest.raises(NetworkError, match="cannot connect") as failure:
                 await connect(a, addr)
-            assert trio.current_time() - start < CONNECT_TIMEOUT
+            # refused at once, not ended by the dial's CONNECT_TIMEOUT
+            assert "timed out" not in str(failure.value)
 
 
 async def test_opening_a_protocol_the_peer_does_not_speak_is_a_network_error() -> None:

@@ -126,10 +126,9 @@ async def test_a_link_nobody_provides_fails_clearly_in_bounded_time(tmp_path: Pa
     async with swarm(tmp_path) as new_peer:
         nodes = [await new_peer() for _ in range(3)]
         link = ShareLink(cid_of(b"never added"), new_key())
-        start = trio.current_time()
-        with trio.fail_after(20), pytest.raises(FetchError, match="no providers found"):
+        # the default lookup deadline is 30 s: only find_timeout ends the fetch before this bound
+        with trio.fail_after(25), pytest.raises(FetchError, match="no providers found"):
             await fetch_link(nodes[2].dht.host, nodes[2].dht, nodes[2].repo, link, find_timeout=5)
-        assert trio.current_time() - start < 15
 
 
 async def test_a_node_with_no_peer_and_a_link_without_hints_says_so_at_once(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,10 +169,8 @@ def test_netns_partition_and_heal(tmp_path: Path, net: Testnet) -> None:
     assert "partitioned" in ok(net.testnet("partition", "1"))
     assert "partitioned" in rows(ok(net.testnet("status")))[1]
     copy = tmp_path / "copy.bin"
-    started = time.monotonic()
     get = net.cli(2, "get", link, "-o", copy)
     assert "cannot reach the 1 peer(s) that hold it" in one_error(get, prefix="sealbox")
-    assert time.monotonic() - started < 45  # find (2 s grace once found) + stream open (10 s) + start-up
     assert not copy.exists()
 
     # healed: the same get succeeds
