@@ -48,8 +48,10 @@ Workarounds for the library's known defects (shared/guides/py-libp2p-notes.md):
   names: 5 rounds to a record at 10,000 nodes where the path is 3 hops. ``_Collector`` asks
   GET_PROVIDERS from the first round and keeps those addresses (kubo's way), and falls back to the
   library's lookup only when that finds nothing.
+- What a remote peer can make us hold or do (values, message sizes, provider records, ADD_PROVIDER
+  rate) is bounded by ``node/dht_guard.py``; Sealbox uses no DHT values and refuses them.
 - Not worked around: the inbound handler resets streams past 12 concurrent ones (callers should not
-  run many lookups at once); ``put_value`` and values are unused by Sealbox.
+  run many lookups at once).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
+from node.dht_guard import CappedProviderStore, DhtGuard, DhtRefused
 from node.errors import NetworkError
 from node.host import Peer, connect, single_exception
 from protocol.cid import check_cid
@@ -116,7 +119,8 @@ def provider_key(root: bytes) -> bytes:
 
 
 class _DropStreamEOF(logging.Filter):
-    """Drop the warning KadDHT logs when a peer ends a stream normally (a StreamEOF, not a failure)."""
+    """Drop the warning KadDHT logs when a peer ends a stream normally (a StreamEOF, not a failure), and
+    for each request ``node.dht_guard`` refused (a flood must not flood the log)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
@@ -124,7 +128,7 @@ class _DropStreamEOF(logging.Filter):
             record.msg == "Failed to read DHT message from stream: %s"
             and isinstance(args, tuple)
             and len(args) == 1
-            and isinstance(args[0], StreamEOF)
+            and isinstance(args[0], StreamEOF | DhtRefused)
         )
 
 
@@ -135,9 +139,16 @@ logging.getLogger("libp2p.kad_dht.kad_dht").addFilter(_eof_filter)
 class Dht:
     """A running DHT node on a host. Make it with :func:`open_dht`."""
 
-    def __init__(self, host: IHost, kad: KadDHT, provide_spacing: float = PROVIDE_SPACING) -> None:
+    def __init__(
+        self,
+        host: IHost,
+        kad: KadDHT,
+        provide_spacing: float = PROVIDE_SPACING,
+        guard: DhtGuard | None = None,
+    ) -> None:
         self.host = host
         self.kad = kad
+        self.guard = guard
         self.provide_spacing = provide_spacing
         self._provide_lock = trio.Lock()
         self._next_provide = 0.0
@@ -364,9 +375,14 @@ async def open_dht(
     if host.get_connected_peers():
         raise RuntimeError("create the DHT before the host connects to any peer")
     kad = KadDHT(host, DHTMode.SERVER if server else DHTMode.CLIENT)
+    # bounds on what remote peers can make us hold or do (node/dht_guard.py)
+    kad.provider_store = CappedProviderStore(host, kad.peer_routing)
+    guard = DhtGuard(kad)
+    if server:
+        host.set_stream_handler(TProtocol(KAD_PROTOCOL_ID), guard.handle_stream)
     try:
         async with background_trio_service(kad):
-            yield Dht(host, kad, provide_spacing)
+            yield Dht(host, kad, provide_spacing, guard)
     except BaseExceptionGroup as group:
         # the service's nursery wraps whatever crosses it, our own body's exceptions included: unwrap one
         leaf = single_exception(group)

@@ -26,6 +26,11 @@ What the measurements in ``shared/guides/py-libp2p-notes.md`` made us set, and w
 - No discovery beyond what Sealbox asks for: mDNS, UPnP and bootstrap lists stay off (they would send
   packets beyond the addresses we are told to use), and TCP is the only transport.
 - Shutting down with dials in flight logs harmless ``LifecycleError`` warnings: expected, left alone.
+- Patched in ``node/libp2p_patches.py`` (applied on import, for 0.8.1 only): an inbound connection
+  held one of ``max_connections`` inbound slots until the whole swarm stopped, so after 64 inbound
+  connections in its life a node refused every new peer (the slot is now freed when the connection
+  closes); a yamux stream this side resets kept the peer's unread data for 60 s; and yamux buffered
+  frames over the receive window it granted (such a frame now resets the stream).
 
 Found while writing this module (not in the notes):
 
@@ -69,8 +74,12 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.tcp.tcp import TCP
 
+from node import libp2p_patches
 from node.errors import NetworkError
 from node.noise_session import NoiseTransport
+
+# the library defects a remote peer could use to stop the node (see node/libp2p_patches.py)
+libp2p_patches.apply()
 
 IDENTITY_LEN = 32
 DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
