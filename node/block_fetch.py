@@ -20,6 +20,7 @@ from node.block_server import _STREAM_ERRORS, MAX_WAITING, READ_SIZE, SERVER_MAX
 from node.blockstore import BlockStore, PackWriter
 from node.errors import NetworkError, RepoError
 from node.host import open_stream_redialing
+from node.lease import Lease
 from protocol.cid import cid_to_text
 from protocol.errors import CorruptBlockError
 from protocol.fetch_plan import FetchPlan, UnrequestedBlockError
@@ -100,6 +101,7 @@ async def fetch_blocks(
     request_timeout: float = REQUEST_TIMEOUT,
     on_block: Callable[[bytes, str, int], None] | None = None,
     discover: Callable[[], Awaitable[Sequence[str]]] | None = None,
+    lease: Lease | None = None,
 ) -> FetchStats:
     """Fetch every block of ``cids`` that ``store`` lacks from ``peers`` (peer ids, already known to
     ``host``) and store it. Blocks already held are never asked for; every block is verified before it
@@ -108,7 +110,8 @@ async def fetch_blocks(
 
     ``on_block(cid, peer, size)``, if given, is called for each block stored. ``discover``, if given,
     is called 3 s into the fetch and then at doubling intervals (up to 30 s) for
-    the peer ids that provide the blocks now; new ones join the fetch.
+    the peer ids that provide the blocks now; new ones join the fetch. With ``lease``, every block
+    stored, or found held, is leased (gc keeps it until the caller ends the lease).
 
     At most ``SERVER_MAX_OPEN`` requests are open to one peer whatever ``window`` says: a server stops
     reading past that many (the spec's backpressure), so a deeper window would only wait in the stream.
@@ -117,7 +120,17 @@ async def fetch_blocks(
     nursery's exception group, so the caller reports its one line.
     """
     try:
-        return await _fetch_blocks(host, store, peers, cids, window, request_timeout, on_block, discover)
+        return await _fetch_blocks(
+            host,
+            store,
+            peers,
+            cids,
+            window=window,
+            request_timeout=request_timeout,
+            on_block=on_block,
+            discover=discover,
+            lease=lease,
+        )
     except* RepoError as group:
         raise _first(group) from None
 
@@ -132,14 +145,18 @@ async def _fetch_blocks(
     store: BlockStore,
     peers: Sequence[str],
     cids: Iterable[bytes],
-    window: int,
-    request_timeout: float,
-    on_block: Callable[[bytes, str, int], None] | None,
-    discover: Callable[[], Awaitable[Sequence[str]]] | None,
+    *,
+    window: int = 16,
+    request_timeout: float = REQUEST_TIMEOUT,
+    on_block: Callable[[bytes, str, int], None] | None = None,
+    discover: Callable[[], Awaitable[Sequence[str]]] | None = None,
+    lease: Lease | None = None,
 ) -> FetchStats:
     stats = FetchStats()
     plan = FetchPlan(window=max(1, min(window, SERVER_MAX_OPEN)))
     wanted = list(cids)
+    if lease is not None:  # before the lookup: a block found held must stay held
+        lease.add(wanted)
     held = store.locate(wanted)  # in a few queries: one per block took seconds for a big file
     for cid in wanted:
         if cid in held:
@@ -154,7 +171,7 @@ async def _fetch_blocks(
     send, receive = trio.open_memory_channel[_Event](4 * window * max(1, len(opening)))
     failure: FetchError | None = None
     closing = trio.Event()  # set once the fetch is over: a stream that opens later is reset at once
-    with store.writer() as writer:
+    with store.writer(lease) as writer:
         async with trio.open_nursery() as nursery:
 
             async def open_session(peer: str) -> None:

@@ -15,13 +15,25 @@ Invariants:
   and its pack bytes are removed when the session closes (or by ``gc`` after a crash);
 - every read is capped by the maximum block size;
 - every block in a pack is framed (``FRAME``: magic, length, digest), so the index can be rebuilt from
-  the packs alone (node/repocheck.py); packs written before framing start with a block, not the pack
+  the packs alone (node/reporepair.py); packs written before framing start with a block, not the pack
   magic, and are read through the index only.
+
+gc at any moment (``collect``), against writers and readers in this process and in others:
+- a writer session holds a shared flock on each pack it writes, from its creation until the session
+  closes; ``collect`` flocks each pack exclusively (without waiting) before it looks at the index, and
+  drops rows, deletes or compacts only in packs it holds so (a session's own packs, and packs made after
+  it looked, are left alone). A lost race on a new pack is seen by the writer (the file it locked is no
+  longer linked) and it makes another. Locks die with the process: a crashed writer's pack is idle;
+- what a session reuses or committed in an earlier session is kept by the caller's lease
+  (``node/lease.py``), which a writer given one fills as it goes, flushed before its packs are unlocked;
+- a reader never preads a descriptor that may be closed: readers are counted, and a pack's descriptor
+  is closed only when no read of it is running (so its number cannot be reused under a read).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import sqlite3
@@ -33,6 +45,7 @@ from types import TracebackType
 
 from node.errors import NotFoundError, RepoDamagedError, RepoError
 from node.fsutil import WRITEBACK_STEP, fsync_dir, full_error, is_full, start_writeback
+from node.lease import Lease
 from node.quota import Quota
 from protocol.cid import CID_PREFIX, check_cid, cid_to_text, verify_block
 from protocol.manifest import MAX_CHUNK
@@ -85,6 +98,17 @@ def block_digest(cid: bytes) -> bytes:
     return _digest(cid)
 
 
+class _Reader:
+    """A pack's read descriptor and the reads running on it (both changed under the store's lock)."""
+
+    __slots__ = ("fd", "reads", "retired")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.reads = 0
+        self.retired = False  # closed by the last read to end
+
+
 def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -100,7 +124,7 @@ class BlockStore:
         self.root = root
         self.packs = root / "packs"
         self._lock = threading.Lock()
-        self._readers: dict[int, int] = {}
+        self._readers: dict[int, _Reader] = {}
         self._db: sqlite3.Connection | None = None
         self._listeners: list[Callable[[list[bytes]], None]] = []
         self.quota: Quota | None = None  # storage_limit, see set_limit
@@ -154,9 +178,8 @@ class BlockStore:
 
     def close(self) -> None:
         with self._lock:
-            for fd in self._readers.values():
-                os.close(fd)
-            self._readers.clear()
+            for number in list(self._readers):
+                self._retire(number)
             if self._db is not None:
                 self._db.close()
                 self._db = None
@@ -193,15 +216,34 @@ class BlockStore:
                 found[by_digest[digest]] = (pack, offset, length)
         return found
 
-    def _reader(self, pack: int) -> int:
+    def _reader(self, pack: int) -> _Reader | None:
+        """The pack's cached reader, counted as in use (hand it back with :meth:`_done`); None if the
+        pack is gone."""
         with self._lock:
-            fd = self._readers.get(pack)
-            if fd is None:
+            reader = self._readers.get(pack)
+            if reader is None:
                 try:
-                    fd = self._readers[pack] = os.open(self.pack_path(pack), os.O_RDONLY)
+                    fd = os.open(self.pack_path(pack), os.O_RDONLY)
                 except FileNotFoundError:
-                    raise RepoError(f"pack {pack} is missing from the repo") from None
-            return fd
+                    return None
+                reader = self._readers[pack] = _Reader(fd)
+            reader.reads += 1
+            return reader
+
+    def _done(self, reader: _Reader) -> None:
+        with self._lock:
+            reader.reads -= 1
+            if reader.retired and not reader.reads:
+                os.close(reader.fd)
+
+    def _retire(self, pack: int) -> None:
+        """Forget the pack's reader (the caller holds ``_lock``); its descriptor is closed now, or by
+        the last read still running on it."""
+        reader = self._readers.pop(pack, None)
+        if reader is not None:
+            reader.retired = True
+            if not reader.reads:
+                os.close(reader.fd)
 
     def get(self, cid: bytes, *, verify: bool = True, where: Location | None = None) -> bytes:
         """The block's bytes; NotFoundError if absent, CorruptBlockError if they do not match ``cid``.
@@ -209,17 +251,59 @@ class BlockStore:
         ``verify=False`` is for callers that hand the bytes to ``protocol.stream``, which verifies them
         (data blocks by their AES-GCM tag: every block was checked against its CID when it was stored).
         ``where``: the block's location from :meth:`locate`, which saves looking it up again.
+
+        A pack gone since the lookup (gc compacted it: its blocks' rows point at the new pack before the
+        old one is deleted) sends the read to where the index says the block lies now.
         """
         if where is None:
             where = self._locate(cid)
+        pack = -1
+        for _attempt in range(4):
+            if where is None:
+                raise NotFoundError(f"block {cid_to_text(cid)} is not in the repo")
+            pack, offset, length = where
+            if not 0 <= length <= MAX_BLOCK:
+                raise RepoError(
+                    f"block {cid_to_text(cid)} is larger than any block may be: the index is damaged"
+                )
+            reader = self._reader(pack)
+            if reader is not None:
+                try:
+                    data = os.pread(reader.fd, length, offset)
+                finally:
+                    self._done(reader)
+                if verify or len(data) != length:
+                    verify_block(cid, data)
+                return data
+            moved = self._locate(cid)
+            if moved == where:
+                break
+            where = moved
+        raise RepoError(f"pack {pack} is missing from the repo")
+
+    def read_back(self, cid: bytes) -> bytes:
+        """The block's bytes, read from a pack still linked in the repo and hashed against ``cid``:
+        for a caller about to rely on the block for good (pinning). A descriptor cached before another
+        process deleted the pack would still read the old bytes; this does not trust it."""
+        where = self._locate(cid)
         if where is None:
             raise NotFoundError(f"block {cid_to_text(cid)} is not in the repo")
         pack, offset, length = where
         if not 0 <= length <= MAX_BLOCK:
             raise RepoError(f"block {cid_to_text(cid)} is larger than any block may be: the index is damaged")
-        data = os.pread(self._reader(pack), length, offset)
-        if verify or len(data) != length:
-            verify_block(cid, data)
+        reader = self._reader(pack)
+        if reader is None:
+            raise NotFoundError(f"block {cid_to_text(cid)} lies in a pack deleted from the repo")
+        try:
+            if os.fstat(reader.fd).st_nlink == 0:
+                with self._lock:
+                    if self._readers.get(pack) is reader:
+                        self._retire(pack)
+                raise NotFoundError(f"block {cid_to_text(cid)} lies in a pack deleted from the repo")
+            data = os.pread(reader.fd, length, offset)
+        finally:
+            self._done(reader)
+        verify_block(cid, data)
         return data
 
     def __iter__(self) -> Iterator[tuple[bytes, int]]:
@@ -237,10 +321,10 @@ class BlockStore:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def writer(self, *, counted: bool = True) -> PackWriter:
-        """A writer session; ``counted=False`` (gc's compaction, which only moves blocks) is not held to
-        :attr:`limit`."""
-        return PackWriter(self, counted=counted)
+    def writer(self, lease: Lease | None = None, *, counted: bool = True) -> PackWriter:
+        """A new writer session; with ``lease``, every block it stores or finds stored is leased.
+        ``counted=False`` (gc's compaction, which only moves blocks) is not held to the storage limit."""
+        return PackWriter(self, lease, counted=counted)
 
     def set_limit(self, limit: int | None) -> None:
         """Hold every counted writer session to ``limit`` bytes of blocks (node/quota.py); None: no limit."""
@@ -281,57 +365,102 @@ class BlockStore:
     # -- garbage collection (the caller holds the repo's exclusive lock) ----------------------------
 
     def collect(self, keep: Iterable[bytes]) -> tuple[int, int]:
-        """Drop every block not in ``keep``; delete or compact packs. Returns ``(blocks, bytes freed)``."""
+        """Drop every block not in ``keep``; delete or compact packs. Returns ``(blocks, bytes freed)``.
+
+        Safe while writer sessions run, here or in other processes: only idle packs (flocked here
+        exclusively, see the module's docstring) lose rows or bytes, and rows into a pack that no longer
+        exists (left by a crash or an older version) unless kept. ``keep`` is consumed only once the
+        idle packs are locked, so a lazy iterable that reads the leases, then the pins, sees every block
+        a session ended before the locking and every pin written before the reading.
+        """
         if self.quota is not None:
             self.quota.recount()
-        before = self._disk_usage()
+        idle = self._lock_idle_packs()
+        try:
+            removed = self._drop_rows(keep, idle)
+            freed = 0
+            with self._lock:
+                live = dict(self.db.execute("SELECT pack, sum(length) FROM blocks GROUP BY pack").fetchall())
+            for number, (_fd, size) in idle.items():
+                if number not in live:
+                    with self._lock:
+                        self._retire(number)
+                    with contextlib.suppress(FileNotFoundError):
+                        self.pack_path(number).unlink()
+                    freed += size
+                elif live[number] < COMPACT_BELOW * size:
+                    freed += size - self._compact(number)
+        finally:
+            for fd, _size in idle.values():
+                os.close(fd)  # and so unlock
+        fsync_dir(self.packs)
+        return removed, max(0, freed)
+
+    def _lock_idle_packs(self) -> dict[int, tuple[int, int]]:
+        """Every pack no writer session holds, flocked exclusively: ``{number: (fd, size)}``."""
+        idle: dict[int, tuple[int, int]] = {}
+        for path in self.packs.iterdir():
+            number = _pack_number(path)
+            if number is None:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a writer session holds it
+                os.close(fd)
+                continue
+            idle[number] = (fd, os.fstat(fd).st_size)
+        return idle
+
+    def _drop_rows(self, keep: Iterable[bytes], idle: dict[int, tuple[int, int]]) -> int:
+        """Delete, in one transaction, the rows not in ``keep`` that lie in ``idle`` packs or in packs
+        with no file (no session can be writing one: a session creates its pack before any row)."""
         with self._lock:
             db = self.db
             db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (digest BLOB PRIMARY KEY) WITHOUT ROWID")
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS idle (pack INTEGER PRIMARY KEY)")
             db.execute("DELETE FROM keep")
-            db.execute("BEGIN")
+            db.execute("DELETE FROM idle")
+            db.execute("BEGIN IMMEDIATE")
             try:
                 db.executemany("INSERT OR IGNORE INTO keep VALUES (?)", ((_digest(c),) for c in keep))
-                removed = db.execute(
-                    "SELECT count(*) FROM blocks WHERE digest NOT IN (SELECT digest FROM keep)"
-                ).fetchone()
-                db.execute("DELETE FROM blocks WHERE digest NOT IN (SELECT digest FROM keep)")
+                db.executemany("INSERT INTO idle VALUES (?)", ((n,) for n in idle))
+                packs = [row[0] for row in db.execute("SELECT DISTINCT pack FROM blocks")]
+                gone = [n for n in packs if n not in idle and not self.pack_path(n).exists()]
+                db.executemany("INSERT OR IGNORE INTO idle VALUES (?)", ((n,) for n in gone))
+                where = "pack IN (SELECT pack FROM idle) AND digest NOT IN (SELECT digest FROM keep)"
+                removed = db.execute(f"SELECT count(*) FROM blocks WHERE {where}").fetchone()  # noqa: S608
+                db.execute(f"DELETE FROM blocks WHERE {where}")  # noqa: S608
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("DELETE FROM keep")
-            live = dict(db.execute("SELECT pack, sum(length) FROM blocks GROUP BY pack").fetchall())
-            for fd in self._readers.values():
-                os.close(fd)
-            self._readers.clear()
-        for path in self.packs.iterdir():
-            number = _pack_number(path)
-            if number is None:
-                continue
-            size = path.stat().st_size
-            if number not in live:
-                path.unlink()
-            elif live[number] < COMPACT_BELOW * size:
-                self._compact(number)
-        fsync_dir(self.packs)
-        return int(removed[0]), max(0, before - self._disk_usage())
+            db.execute("DELETE FROM idle")
+        return int(removed[0])
 
-    def _compact(self, number: int) -> None:
+    def _compact(self, number: int) -> int:
+        """Rewrite the live blocks of pack ``number`` (flocked by gc) into a new pack, then delete it.
+        Returns the bytes written."""
         with self._lock:
             rows = self.db.execute(
                 "SELECT digest FROM blocks WHERE pack = ? ORDER BY offset", (number,)
             ).fetchall()
+        written = 0
         with self.writer(counted=False) as writer:
             for (digest,) in rows:
                 cid = CID_PREFIX + digest
-                writer.put(cid, self.get(cid), force=True)
+                block = self.get(cid)
+                writer.put(cid, block, force=True)
+                written += len(block)
             writer.commit(replace=True)
         with self._lock:
-            fd = self._readers.pop(number, None)
-            if fd is not None:
-                os.close(fd)
+            self._retire(number)
         self.pack_path(number).unlink()
+        return written
 
     def _disk_usage(self) -> int:
         return sum(p.stat().st_size for p in self.packs.iterdir() if _pack_number(p) is not None)
@@ -347,12 +476,17 @@ class PackWriter:
 
     ``put`` may be called from several threads at once: offsets are reserved under a lock and the
     bytes written with ``pwrite`` outside it. Closing without commit removes what was written.
+
+    Each pack is flocked shared for the whole session, so gc leaves it alone (the store's docstring).
+    With a ``lease``, every block ``put`` is given (stored, or found stored) is leased, and the lease
+    is flushed at each commit and before the packs are unlocked at close.
     """
 
-    def __init__(self, store: BlockStore, *, counted: bool = True) -> None:
+    def __init__(self, store: BlockStore, lease: Lease | None = None, *, counted: bool = True) -> None:
         self.store = store
+        self.lease = lease
         self._quota = store.quota if counted else None
-        self._charged = 0  # bytes charged to the store's limit, not yet committed
+        self._charged = 0  # bytes charged to the storage limit, not yet committed
         self._closed = False
         self._lock = threading.Lock()
         self._packs: list[tuple[int, int]] = []  # (number, fd) in order of creation
@@ -379,13 +513,21 @@ class PackWriter:
             number = secrets.randbits(62)
             try:
                 fd = os.open(self.store.pack_path(number), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-                break
             except FileExistsError:
                 continue
             except OSError as exc:
                 if is_full(exc):
                     raise full_error(self.store.root) from None
                 raise
+            # gc may have found the empty file before our lock: then it holds it (and deletes it), or
+            # has deleted it already; either way we make another (never waiting: this may run in trio)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                if os.fstat(fd).st_nlink > 0:
+                    break
+            except BlockingIOError:
+                pass
+            os.close(fd)
         try:
             _write_all(fd, PACK_MAGIC, 0)
         except OSError as exc:
@@ -413,6 +555,8 @@ class PackWriter:
             raise RepoError("refusing to store a block larger than the maximum block size")
         if verify:
             verify_block(cid, block)
+        if self.lease is not None:  # before the lookup: a block found stored is leased too
+            self.lease.add((cid,))
         if not force and self.store.has(cid):
             return False
         with self._lock:
@@ -466,6 +610,8 @@ class PackWriter:
             if is_full(exc):
                 raise full_error(self.store.root) from None
             raise
+        if self.lease is not None:
+            self.lease.flush()
         rows = [(digest, p, o, n) for digest, (p, o, n) in pending.items()]
         self.store._index(rows, replace=replace)
         self.written += len(rows)
@@ -478,23 +624,28 @@ class PackWriter:
             self._committed_end[number] = max(end, self._committed_end.get(number, 0))
 
     def close(self) -> None:
-        """End the session: drop what was not committed (empty packs are removed). Idempotent."""
+        """End the session: drop what was not committed (empty packs are removed), then unlock.
+        Idempotent."""
         if self._closed:
             return
         self._closed = True
-        for number, fd in self._packs:
-            end = self._committed_end.get(number, 0)
-            path = self.store.pack_path(number)
-            with contextlib.suppress(OSError):
-                if end == 0:
-                    path.unlink()
-                else:
-                    os.ftruncate(fd, end)
-            os.close(fd)
-        self._packs = []
-        self._pending = {}
-        if self._quota is not None:
-            with self._lock:
-                dropped, self._charged = self._charged, 0
-            self._quota.settle(0, dropped)
-            self._quota.session(False)
+        try:
+            if self.lease is not None:
+                self.lease.flush()  # before the unlock: from here on the lease keeps what the packs hold
+        finally:
+            for number, fd in self._packs:
+                end = self._committed_end.get(number, 0)
+                path = self.store.pack_path(number)
+                with contextlib.suppress(OSError):
+                    if end == 0:
+                        path.unlink()
+                    else:
+                        os.ftruncate(fd, end)
+                os.close(fd)
+            self._packs = []
+            self._pending = {}
+            if self._quota is not None:
+                with self._lock:
+                    dropped, self._charged = self._charged, 0
+                self._quota.settle(0, dropped)
+                self._quota.session(False)

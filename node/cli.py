@@ -327,7 +327,12 @@ def cmd_daemon(args: argparse.Namespace) -> None:
 
 
 def cmd_gc(args: argparse.Namespace) -> None:
-    blocks, freed = _open_repo(args, create=False).gc()
+    """Through the daemon if one runs (its fetches hold no lock the CLI could see), else here."""
+    try:
+        data = _daemon(args).call("POST", "/v1/gc", {}, timeout=None)
+        blocks, freed = int(data["blocks_removed"]), int(data["bytes_freed"])
+    except NoDaemon:
+        blocks, freed = _open_repo(args, create=False).gc()
     Output(args).emit(
         {"blocks_removed": blocks, "bytes_freed": freed},
         f"removed {blocks} unpinned block{'s' if blocks != 1 else ''}, freed {human(freed)}",

@@ -8,6 +8,8 @@
 - ``POST /v1/rm {roots: [root CID text]}`` -> ``{unpinned: [root CID text]}``
 - ``POST /v1/fetch {link, seed?}`` -> ``{root, providers, rounds, blocks, bytes, pinned}``; with
   ``seed: false`` the root is neither announced nor pinned (``get --no-seed``)
+- ``POST /v1/gc {}`` -> ``{blocks_removed, bytes_freed}``: gc in the daemon, where it is safe against the
+  daemon's own fetches and serving (``Repo.gc``); ``sealbox gc`` comes here while a daemon runs
 
 Errors are ``{"error": "one line"}`` with 400 (bad request), 401 (token), 404 (not found / no such
 endpoint), 405, 408, 413, 502 (network), 503 (all request slots busy), 507 (storage full or over the
@@ -93,6 +95,7 @@ class Control:
             ("POST", "/v1/rm"): self.rm,
             ("POST", "/v1/fetch"): self.fetch,
             ("GET", "/v1/fetching"): self.fetches,
+            ("POST", "/v1/gc"): self.gc,
         }
 
     async def status(self, _args: dict[str, Any]) -> dict[str, Any]:
@@ -253,6 +256,13 @@ class Control:
             "bytes": stats.bytes,
             "pinned": report.pinned,
         }
+
+    async def gc(self, _args: dict[str, Any]) -> dict[str, Any]:
+        """Collect garbage in a worker thread: it waits for adds and pins to end (the repo lock), never
+        for fetches, which their leases and pack locks protect."""
+        removed, freed = await trio.to_thread.run_sync(self.repo.gc)
+        log.info("gc: removed %d unpinned blocks, freed %d bytes", removed, freed)
+        return {"blocks_removed": removed, "bytes_freed": freed}
 
     async def fetches(self, _args: dict[str, Any]) -> dict[str, Any]:
         """The fetches running now: each root and the bytes stored for it so far (for progress bars)."""

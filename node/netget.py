@@ -6,6 +6,10 @@ from every provider at once (``node/exchange.py``). Metadata needs one round per
 data of every file comes in the last round, spread over all providers. When nothing is missing, the
 root is pinned with its whole block list (so gc keeps it and the node serves it: it becomes a seed) and
 the output is written by the ordinary local ``get`` (``node/get.py``), which checks everything again.
+
+gc may run at any moment meanwhile (in the daemon, or in another process): the fetch holds a lease
+(``node/lease.py``) from start to end, filled with every block each round's walk finds held and every
+block its writer sessions store, and pins under the repo's shared lock, after reading back every block.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from node.dht import Dht, open_dht
 from node.errors import NetworkError, NodeError, NotFoundError
 from node.exchange import FetchError, FetchStats, fetch_blocks
 from node.host import Peer, connect, new_identity, open_host
+from node.lease import Lease
 from node.repo import Pin, Repo, now
 from protocol.cid import cid_to_text
 from protocol.link import ShareLink
@@ -118,10 +123,15 @@ def _walk(repo: Repo, link: ShareLink, summary: _Summary) -> Iterator[tuple[byte
     yield from visit(0, link.root, True, 0)
 
 
-def missing_blocks(repo: Repo, link: ShareLink, limit: int = ROUND_LIMIT) -> list[bytes]:
-    """Up to ``limit`` blocks the next round must fetch (empty when the tree is complete)."""
+def missing_blocks(
+    repo: Repo, link: ShareLink, limit: int = ROUND_LIMIT, lease: Lease | None = None
+) -> list[bytes]:
+    """Up to ``limit`` blocks the next round must fetch (empty when the tree is complete). With
+    ``lease``, every block found held is leased (gc keeps it until the fetch ends)."""
     out: dict[bytes, None] = {}
     for cid, held in _walk(repo, link, _Summary()):
+        if held and lease is not None:
+            lease.add((cid,))
         if not held:
             out[cid] = None
             if len(out) >= limit:
@@ -132,8 +142,15 @@ def missing_blocks(repo: Repo, link: ShareLink, limit: int = ROUND_LIMIT) -> lis
 def pin_fetched(repo: Repo, link: ShareLink) -> Pin:
     """Pin a complete tree with its block list, so gc keeps it and the node serves and announces it.
 
-    A root pinned already (added here, or fetched before) keeps its pin as it is.
+    A root pinned already (added here, or fetched before) keeps its pin as it is. Under the repo's
+    shared lock (no gc meanwhile), and only once every block has been read back from a pack that
+    still exists and found to hash to its CID: an index row alone is not enough (NotFoundError).
     """
+    with repo.lock():
+        return _pin_fetched(repo, link)
+
+
+def _pin_fetched(repo: Repo, link: ShareLink) -> Pin:
     with contextlib.suppress(NotFoundError):
         return repo.read_pin(link.root)
     summary = _Summary()
@@ -151,7 +168,7 @@ def pin_fetched(repo: Repo, link: ShareLink) -> Pin:
                 seen.add(cid)
                 f.write(cid)
                 count += 1
-                stored += len(repo.blocks.get(cid, verify=False))
+                stored += len(repo.blocks.read_back(cid))
             f.flush()
             os.fsync(f.fileno())
         pin = Pin(link.root, summary.kind, summary.size, count, stored, now(), link.name)
@@ -183,7 +200,22 @@ async def fetch_link(
     fetching, like a BitTorrent peer). Without ``pin`` the blocks stay unpinned: gc may remove them
     and the reprovider does not announce them (``get --no-seed``).
     """
-    if not await trio.to_thread.run_sync(missing_blocks, repo, link, 1):
+    with repo.lease() as lease:
+        return await _fetch_leased(host, dht, repo, link, lease, announce, pin, find_timeout, on_bytes)
+
+
+async def _fetch_leased(
+    host: IHost,
+    dht: Dht | None,
+    repo: Repo,
+    link: ShareLink,
+    lease: Lease,
+    announce: bool,
+    pin: bool,
+    find_timeout: float,
+    on_bytes: Callable[[int], None] | None,
+) -> FetchReport:
+    if not await trio.to_thread.run_sync(missing_blocks, repo, link, 1, lease):
         if pin:
             await trio.to_thread.run_sync(pin_fetched, repo, link)
         return FetchReport(link.root, 0, pinned=pin)
@@ -195,7 +227,7 @@ async def fetch_link(
             nursery.start_soon(_announce_early, dht, link.root)
         try:
             report = await _fetch(
-                host, dht, repo, link, pin=pin, find_timeout=find_timeout, on_bytes=on_bytes
+                host, dht, repo, link, lease, pin=pin, find_timeout=find_timeout, on_bytes=on_bytes
             )
         except (NodeError, OSError) as exc:  # raised below, once the nursery has closed (no exception group)
             failure = exc
@@ -217,6 +249,7 @@ async def _fetch(
     dht: Dht | None,
     repo: Repo,
     link: ShareLink,
+    lease: Lease,
     *,
     pin: bool,
     find_timeout: float,
@@ -245,7 +278,7 @@ async def _fetch(
     report = FetchReport(link.root, len(peers))
     total = FetchStats()
     quick_retry = True
-    missing = await trio.to_thread.run_sync(missing_blocks, repo, link)
+    missing = await trio.to_thread.run_sync(missing_blocks, repo, link, ROUND_LIMIT, lease)
     while missing:
         report.rounds += 1
         started = trio.current_time()
@@ -257,7 +290,7 @@ async def _fetch(
 
         try:
             stats = await fetch_blocks(
-                host, repo.blocks, list(peers), missing, discover=more, on_block=on_block
+                host, repo.blocks, list(peers), missing, discover=more, on_block=on_block, lease=lease
             )
         except FetchError as exc:
             if exc.stats is not None:
@@ -265,7 +298,7 @@ async def _fetch(
             # Other fetchers of the same root may hold more by now, and a provider may have failed
             # for a moment: go on while a round makes progress or the DHT names new providers, and
             # retry once at once after a failure that came fast (a refused or broken stream).
-            left = await trio.to_thread.run_sync(missing_blocks, repo, link)
+            left = await trio.to_thread.run_sync(missing_blocks, repo, link, ROUND_LIMIT, lease)
             known = len(peers)
             await _discover(host, dht, link, peers, find_timeout)
             quick = quick_retry and trio.current_time() - started < QUICK_FAILURE
@@ -277,7 +310,7 @@ async def _fetch(
             missing = left
             continue
         total.add(stats)
-        missing = await trio.to_thread.run_sync(missing_blocks, repo, link)
+        missing = await trio.to_thread.run_sync(missing_blocks, repo, link, ROUND_LIMIT, lease)
     report.stats = total
     report.providers = len(peers)  # those found during the fetch included
     if pin:

@@ -9,6 +9,11 @@ Layout (see specs/format.md, "Local repo")::
     REPO/pins/<root>.pin    one pin per root: its block list and a small header
     REPO/adds/<fp>          fingerprint of an added file or tree -> its root (for idempotent adds)
     REPO/tmp/               temp files, removed by gc
+    REPO/leases/<r>.lease   CIDs a running fetch holds until it pins (see lease.py), flocked while alive
+
+gc at any moment: it takes the exclusive lock, so adds (which hold the shared lock throughout), unpins
+and the moment a fetch pins (``pin_fetched`` holds the shared lock) never overlap it; a fetch holds no
+lock while it fetches, and is protected by its writer sessions' pack locks and its lease instead.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from node import repocheck
 from node.blockstore import BlockStore
 from node.errors import NotFoundError, RepoError, RepoFullError
 from node.fsutil import discard_on_error, fsync_dir, full_error, is_full, temp_name, write_atomic
+from node.lease import Lease, leased
 from node.pinfile import MAX_PIN_HEADER, TRAILER, PinLayout, decode_tail, encode_header
 from node.pinfile import Pin as Pin  # re-exported: callers import Pin from here
 from protocol.cid import CID_LEN, check_cid, cid_from_text, cid_to_text
@@ -48,6 +54,7 @@ class Repo:
         self.pins_dir = path / "pins"
         self.adds_dir = path / "adds"
         self.tmp = path / "tmp"
+        self.leases_dir = path / "leases"  # made by the first lease (older repos lack it)
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -99,6 +106,10 @@ class Repo:
             yield
         finally:
             os.close(fd)
+
+    def lease(self) -> Lease:
+        """A new lease (``node/lease.py``): what it holds survives gc until it is closed."""
+        return Lease(self.leases_dir)
 
     # -- pins -----------------------------------------------------------------------------------
 
@@ -273,12 +284,19 @@ class Repo:
                     f"{exc}: gc will not guess what it keeps; 'sealbox rm' that root first"
                 ) from None
 
+    def _kept(self) -> Iterator[bytes]:
+        """What gc keeps, read lazily in this order (``BlockStore.collect`` relies on it): the live
+        leases, then the pins (a fetch writes its pin before it ends its lease)."""
+        yield from leased(self.leases_dir)
+        yield from self._live_blocks()
+
     def gc(self) -> tuple[int, int]:
-        """Remove every block no pin lists, and stale temp files. Returns ``(blocks, bytes)`` freed.
+        """Remove every block no pin or live lease holds, stale leases and temp files. Returns
+        ``(blocks, bytes)`` freed. Safe while fetches run in this process or others (see above).
         Refuses (RepoDamagedError, nothing deleted) if the index or a pin fails node/repocheck.py's checks."""
         with self.lock(exclusive=True):
             repocheck.check_before_gc(self)
-            removed, freed = self.blocks.collect(self._live_blocks())
+            removed, freed = self.blocks.collect(self._kept())
             for stale in self.tmp.iterdir():
                 with contextlib.suppress(FileNotFoundError):
                     freed += stale.stat().st_size

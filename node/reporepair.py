@@ -70,11 +70,37 @@ def _no_daemon(repo: Repo) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _no_writer(store: BlockStore) -> Iterator[None]:
+    """Flock every pack exclusively for the block, as gc does: a writer session (a fetch holds no repo
+    lock while it runs) holds its packs shared, and the index must not be replaced under it."""
+    fds = []
+    try:
+        for path in sorted(store.packs.iterdir()):
+            if _pack_number(path) is None:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            fds.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RepoError(
+                    "a fetch is writing to this repo: let it end before 'sealbox repo repair'"
+                ) from None
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def repair(repo: Repo) -> Report:
     """Rebuild the index if it fails its checks, then each pin whose list is damaged (see the module's
     docstring); report what was done and what is still wrong."""
     report = Report()
-    with _no_daemon(repo), repo.lock(exclusive=True):
+    with _no_daemon(repo), repo.lock(exclusive=True), _no_writer(repo.blocks):
         problems = index_problems(repo.blocks, full=True)
         if not problems:
             with contextlib.suppress(RepoError):

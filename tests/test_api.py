@@ -78,7 +78,7 @@ def test_malicious_bodies_are_refused_and_the_daemon_keeps_answering(
     assert "not valid UTF-8" in one_error(run_cli("--repo", repo, "add", odd))
     assert daemon.proc.poll() is None
     assert "Traceback" not in daemon.output()
-    assert daemon.stop()[0] == 0
+    assert daemon.stop() == 0
 
 
 async def _idle_flood(sock: Path, connections: int, opened: trio.Event) -> None:
@@ -134,7 +134,7 @@ async def test_idle_connections_flooding_the_socket_do_not_starve_the_owners_cli
                 assert json.loads(ok(result))["peer_id"] == peer_id
             nursery.cancel_scope.cancel()
     assert daemon.proc.poll() is None
-    assert daemon.stop()[0] == 0
+    assert daemon.stop() == 0
 
 
 def test_the_daemon_log_holds_no_path_of_the_repo(
@@ -154,7 +154,7 @@ def test_the_daemon_log_holds_no_path_of_the_repo(
     link_file.write_text(link)
     ok(run_cli("--repo", repo, "rm", "--link-file", link_file))
     ok(run_cli("--repo", repo, "status"))
-    assert daemon.stop()[0] == 0
+    assert daemon.stop() == 0
     log = daemon.output()
     assert "ready: peer " in log and "stopped" in log
     assert marker not in log and str(tmp_path) not in log

@@ -306,7 +306,7 @@ async def test_a_slow_but_steady_provider_is_not_timed_out(tmp_path: Path) -> No
 async def test_a_silent_provider_stalls_and_the_others_take_over(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="node.exchange")
+    caplog.set_level(logging.INFO, logger="node")
     with trio.fail_after(30):
         async with AsyncExitStack() as stack:
             good = await stack.enter_async_context(node(tmp_path / "good"))

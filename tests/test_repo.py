@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -200,14 +202,18 @@ def test_gc_removes_what_a_crashed_add_left(repo: Repo, tmp_path: Path) -> None:
     kept = add_path(repo, _file(tmp_path / "kept", b"kept"))
     packs = pack_files(repo)
     (repo.tmp / ".pin-left-by-a-crash.tmp").write_bytes(b"x" * 10)
-    # a writer session that never committed nor closed, as after a crash: its pack holds bytes
-    crashed = repo.blocks.writer()
-    crashed.put(cid_of(b"y" * 90), b"y" * 90)
+    # a writer session that never committed nor closed, in a process that died: its pack holds bytes
+    # (and its pack lock died with it)
+    crash = (
+        "import os, sys; from pathlib import Path; from node.repo import Repo\n"
+        "from protocol.cid import cid_of\n"
+        "w = Repo.open(Path(sys.argv[1])).blocks.writer(); w.put(cid_of(b'y' * 90), b'y' * 90); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", crash, str(repo.path)], check=True, timeout=60)
     assert len(pack_files(repo)) == len(packs) + 1
     assert repo.gc() == (0, 10 + len(PACK_MAGIC) + FRAME.size + 90)
     assert os.listdir(repo.tmp) == []
     assert pack_files(repo) == packs
-    crashed.close()
     get_link(repo, kept.link, tmp_path / "out")
     assert (tmp_path / "out").read_bytes() == b"kept"
 
