@@ -449,13 +449,13 @@ class BlockStore:
             rows = self.db.execute(
                 "SELECT digest FROM blocks WHERE pack = ? ORDER BY offset", (number,)
             ).fetchall()
-        written = 0
+        written = len(PACK_MAGIC)  # the bytes of the new pack: its header, frames and blocks
         with self.writer(counted=False) as writer:
             for (digest,) in rows:
                 cid = CID_PREFIX + digest
                 block = self.get(cid)
                 writer.put(cid, block, force=True)
-                written += len(block)
+                written += FRAME.size + len(block)
             writer.commit(replace=True)
         with self._lock:
             self._retire(number)
