@@ -18,7 +18,7 @@ from libp2p.network.stream.exceptions import StreamEOF
 
 from node.block_server import _STREAM_ERRORS, MAX_WAITING, READ_SIZE, SERVER_MAX_OPEN, _reset
 from node.blockstore import BlockStore, PackWriter
-from node.errors import NetworkError
+from node.errors import NetworkError, RepoError
 from node.host import open_stream_redialing
 from node.lease import Lease
 from protocol.cid import cid_to_text
@@ -115,7 +115,43 @@ async def fetch_blocks(
 
     At most ``SERVER_MAX_OPEN`` requests are open to one peer whatever ``window`` says: a server stops
     reading past that many (the spec's backpressure), so a deeper window would only wait in the stream.
+
+    A RepoError while storing (a full disk, the storage limit) ends the fetch as itself, not inside the
+    nursery's exception group, so the caller reports its one line.
     """
+    try:
+        return await _fetch_blocks(
+            host,
+            store,
+            peers,
+            cids,
+            window=window,
+            request_timeout=request_timeout,
+            on_block=on_block,
+            discover=discover,
+            lease=lease,
+        )
+    except* RepoError as group:
+        raise _first(group) from None
+
+
+def _first(group: BaseExceptionGroup[RepoError]) -> RepoError:
+    inner = group.exceptions[0]
+    return _first(inner) if isinstance(inner, BaseExceptionGroup) else inner
+
+
+async def _fetch_blocks(
+    host: IHost,
+    store: BlockStore,
+    peers: Sequence[str],
+    cids: Iterable[bytes],
+    *,
+    window: int = 16,
+    request_timeout: float = REQUEST_TIMEOUT,
+    on_block: Callable[[bytes, str, int], None] | None = None,
+    discover: Callable[[], Awaitable[Sequence[str]]] | None = None,
+    lease: Lease | None = None,
+) -> FetchStats:
     stats = FetchStats()
     plan = FetchPlan(window=max(1, min(window, SERVER_MAX_OPEN)))
     wanted = list(cids)

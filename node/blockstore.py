@@ -2,7 +2,7 @@
 
 Layout under ``REPO/blocks``::
 
-    packs/<n>.pack     blocks back to back, written by one writer session each
+    packs/<n>.pack     "SBPACK1\n", then framed blocks back to back, written by one writer session each
     index.sqlite       table blocks(digest, pack, offset, length), WAL mode, synchronous=FULL
 
 Why packs: on ext4 here, a file per 256 KiB block writes at ~190 MB/s (file creation and metadata),
@@ -13,7 +13,10 @@ Invariants:
 - a writer session's blocks become visible all at once, when :meth:`PackWriter.commit` has fsynced its
   packs and committed their index rows in one transaction; an interrupted session leaves no index row,
   and its pack bytes are removed when the session closes (or by ``gc`` after a crash);
-- every read is capped by the maximum block size.
+- every read is capped by the maximum block size;
+- every block in a pack is framed (``FRAME``: magic, length, digest), so the index can be rebuilt from
+  the packs alone (node/reporepair.py); packs written before framing start with a block, not the pack
+  magic, and are read through the index only.
 
 gc at any moment (``collect``), against writers and readers in this process and in others:
 - a writer session holds a shared flock on each pack it writes, from its creation until the session
@@ -34,14 +37,16 @@ import fcntl
 import os
 import secrets
 import sqlite3
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-from node.errors import NotFoundError, RepoError
+from node.errors import NotFoundError, RepoDamagedError, RepoError
 from node.fsutil import WRITEBACK_STEP, fsync_dir, full_error, is_full, start_writeback
 from node.lease import Lease
+from node.quota import Quota
 from protocol.cid import CID_PREFIX, check_cid, cid_to_text, verify_block
 from protocol.manifest import MAX_CHUNK
 from protocol.seal import TAG_LEN
@@ -51,6 +56,9 @@ LOCATE_BATCH = 500  # CIDs per index query in locate() (SQLite allows 32,766 par
 Location = tuple[int, int, int]  # (pack, offset, length)
 PACK_MAX = 1 << 30  # a writer starts a new pack past this size, so gc compacts in bounded pieces
 COMPACT_BELOW = 0.5  # gc rewrites a pack whose live bytes fall below this share of its size
+PACK_MAGIC = b"SBPACK1\n"  # a framed pack's first bytes (an older pack starts with ciphertext)
+FRAME = struct.Struct(">4sI32s")  # before each block: FRAME_MAGIC, u32be(length), sha2-256 digest
+FRAME_MAGIC = b"SBF1"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -61,6 +69,18 @@ CREATE TABLE IF NOT EXISTS blocks (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blocks_by_pack ON blocks (pack);
 """
+
+
+def damaged_index(_root: Path, exc: sqlite3.Error | str) -> RepoDamagedError:
+    """The one line for a block index SQLite cannot read (deleted, truncated, malformed); no path in it."""
+    return RepoDamagedError(
+        f"the block index (blocks/index.sqlite) is damaged ({exc}): nothing was changed;"
+        " 'sealbox repo check' says what, 'sealbox repo repair' rebuilds it from the packs"
+    )
+
+
+def frame(digest: bytes, length: int) -> bytes:
+    return FRAME.pack(FRAME_MAGIC, length, digest)
 
 
 def _full(exc: sqlite3.Error) -> bool:
@@ -107,6 +127,7 @@ class BlockStore:
         self._readers: dict[int, _Reader] = {}
         self._db: sqlite3.Connection | None = None
         self._listeners: list[Callable[[list[bytes]], None]] = []
+        self.quota: Quota | None = None  # storage_limit, see set_limit
 
     def add_listener(self, listener: Callable[[list[bytes]], None]) -> None:
         """Call ``listener(digests)`` after each commit with the sha2-256 digests of the blocks it made
@@ -121,23 +142,39 @@ class BlockStore:
 
     def create(self) -> None:
         self.packs.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.db.executescript(_SCHEMA)
+        self._connect(new=True).executescript(_SCHEMA)
 
     @property
     def db(self) -> sqlite3.Connection:
-        if self._db is None:
+        return self._db if self._db is not None else self._connect(new=False)
+
+    def _connect(self, *, new: bool) -> sqlite3.Connection:
+        """Open the index; unless ``new``, refuse one without the blocks table (a deleted index file
+        reopens as an empty database) in one line rather than "no such table" at the first query."""
+        try:
+            db = sqlite3.connect(
+                self.root / "index.sqlite", timeout=60, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            if not new and not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'blocks'").fetchone():
+                db.close()
+                raise damaged_index(self.root, "it holds no blocks table: deleted or replaced")
+        except sqlite3.Error as exc:
+            if _full(exc):
+                raise full_error(self.root) from None
+            raise damaged_index(self.root, exc) from None
+        self._db = db
+        return db
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The index under the store's lock, any SQLite failure turned into one line."""
+        with self._lock:
             try:
-                db = sqlite3.connect(
-                    self.root / "index.sqlite", timeout=60, isolation_level=None, check_same_thread=False
-                )
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
+                yield self.db
             except sqlite3.Error as exc:
-                if _full(exc):
-                    raise full_error(self.root) from None
-                raise RepoError(f"cannot open the block index in {self.root}: {exc}") from None
-            self._db = db
-        return self._db
+                raise damaged_index(self.root, exc) from None
 
     def close(self) -> None:
         with self._lock:
@@ -153,8 +190,8 @@ class BlockStore:
     # -- reading ------------------------------------------------------------------------------
 
     def _locate(self, cid: bytes) -> Location | None:
-        with self._lock:
-            row = self.db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT pack, offset, length FROM blocks WHERE digest = ?", (_digest(cid),)
             ).fetchone()
         return None if row is None else (row[0], row[1], row[2])
@@ -173,8 +210,8 @@ class BlockStore:
             part = digests[start : start + LOCATE_BATCH]
             marks = ",".join("?" * len(part))  # only placeholders go into the text; digests are bound
             query = f"SELECT digest, pack, offset, length FROM blocks WHERE digest IN ({marks})"  # noqa: S608
-            with self._lock:
-                rows = self.db.execute(query, part).fetchall()
+            with self._reading() as db:
+                rows = db.execute(query, part).fetchall()
             for digest, pack, offset, length in rows:
                 found[by_digest[digest]] = (pack, offset, length)
         return found
@@ -271,22 +308,34 @@ class BlockStore:
 
     def __iter__(self) -> Iterator[tuple[bytes, int]]:
         """Every stored block as ``(cid, length)``."""
-        with self._lock:
-            rows = self.db.execute("SELECT digest, length FROM blocks ORDER BY digest").fetchall()
+        with self._reading() as db:
+            rows = db.execute("SELECT digest, length FROM blocks ORDER BY digest").fetchall()
         for digest, length in rows:
             yield CID_PREFIX + digest, length
 
     def stats(self) -> tuple[int, int]:
         """``(blocks, bytes)`` stored."""
-        with self._lock:
-            count, total = self.db.execute("SELECT count(*), coalesce(sum(length), 0) FROM blocks").fetchone()
+        with self._reading() as db:
+            count, total = db.execute("SELECT count(*), coalesce(sum(length), 0) FROM blocks").fetchone()
         return int(count), int(total)
 
     # -- writing ------------------------------------------------------------------------------
 
-    def writer(self, lease: Lease | None = None) -> PackWriter:
-        """A new writer session; with ``lease``, every block it stores or finds stored is leased."""
-        return PackWriter(self, lease)
+    def writer(self, lease: Lease | None = None, *, counted: bool = True) -> PackWriter:
+        """A new writer session; with ``lease``, every block it stores or finds stored is leased.
+        ``counted=False`` (gc's compaction, which only moves blocks) is not held to the storage limit."""
+        return PackWriter(self, lease, counted=counted)
+
+    def set_limit(self, limit: int | None) -> None:
+        """Hold every counted writer session to ``limit`` bytes of blocks (node/quota.py); None: no limit."""
+        self.quota = None if limit is None else Quota(limit, self._count_bytes)
+
+    def _count_bytes(self) -> int:
+        try:
+            (used,) = self.db.execute("SELECT coalesce(sum(length), 0) FROM blocks").fetchone()
+        except sqlite3.Error as exc:
+            raise damaged_index(self.root, exc) from None
+        return int(used)
 
     def put(self, cid: bytes, block: bytes) -> bool:
         """Verify and store one block in a session of its own. Returns False if it was already there."""
@@ -324,6 +373,8 @@ class BlockStore:
         idle packs are locked, so a lazy iterable that reads the leases, then the pins, sees every block
         a session ended before the locking and every pin written before the reading.
         """
+        if self.quota is not None:
+            self.quota.recount()
         idle = self._lock_idle_packs()
         try:
             removed = self._drop_rows(keep, idle)
@@ -398,13 +449,13 @@ class BlockStore:
             rows = self.db.execute(
                 "SELECT digest FROM blocks WHERE pack = ? ORDER BY offset", (number,)
             ).fetchall()
-        written = 0
-        with self.writer() as writer:
+        written = len(PACK_MAGIC)  # the bytes of the new pack: its header, frames and blocks
+        with self.writer(counted=False) as writer:
             for (digest,) in rows:
                 cid = CID_PREFIX + digest
                 block = self.get(cid)
                 writer.put(cid, block, force=True)
-                written += len(block)
+                written += FRAME.size + len(block)
             writer.commit(replace=True)
         with self._lock:
             self._retire(number)
@@ -431,9 +482,12 @@ class PackWriter:
     is flushed at each commit and before the packs are unlocked at close.
     """
 
-    def __init__(self, store: BlockStore, lease: Lease | None = None) -> None:
+    def __init__(self, store: BlockStore, lease: Lease | None = None, *, counted: bool = True) -> None:
         self.store = store
         self.lease = lease
+        self._quota = store.quota if counted else None
+        self._charged = 0  # bytes charged to the storage limit, not yet committed
+        self._closed = False
         self._lock = threading.Lock()
         self._packs: list[tuple[int, int]] = []  # (number, fd) in order of creation
         self._end = 0
@@ -442,6 +496,8 @@ class PackWriter:
         self._reserved: set[bytes] = set()  # every digest this session has taken on
         self.written = 0  # blocks this session added
         self._new_pack()
+        if self._quota is not None:
+            self._quota.session(True)
 
     def __enter__(self) -> PackWriter:
         return self
@@ -472,8 +528,17 @@ class PackWriter:
             except BlockingIOError:
                 pass
             os.close(fd)
+        try:
+            _write_all(fd, PACK_MAGIC, 0)
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                self.store.pack_path(number).unlink()
+            if is_full(exc):
+                raise full_error(self.store.root) from None
+            raise
         self._packs.append((number, fd))
-        self._end = 0
+        self._end = len(PACK_MAGIC)
         self._flushed = 0
 
     def put(self, cid: bytes, block: bytes, *, verify: bool = True, force: bool = False) -> bool:
@@ -497,23 +562,30 @@ class PackWriter:
         with self._lock:
             if digest in self._reserved:
                 return False
+            if self._quota is not None:
+                self._quota.charge(len(block))
+                self._charged += len(block)
             self._reserved.add(digest)
-            if self._end + len(block) > PACK_MAX and self._end:
+            if self._end + FRAME.size + len(block) > PACK_MAX and self._end > len(PACK_MAGIC):
                 self._new_pack()
             number, fd = self._packs[-1]
-            offset = self._end
-            self._end += len(block)
+            offset = self._end + FRAME.size  # where the block lies: its frame comes first
+            self._end = offset + len(block)
             step = offset // WRITEBACK_STEP
             flush = step > self._flushed
             if flush:
                 self._flushed = step
         try:
+            _write_all(fd, frame(digest, len(block)), offset - FRAME.size)
             _write_all(fd, block, offset)
             if flush:  # start writing the previous step to disk while sealing goes on
                 start_writeback(fd, (step - 1) * WRITEBACK_STEP, WRITEBACK_STEP)
         except OSError as exc:
             with self._lock:
                 self._reserved.discard(digest)
+                if self._quota is not None:
+                    self._charged -= len(block)
+                    self._quota.settle(0, len(block))
             if is_full(exc):
                 raise full_error(self.store.root) from None
             raise
@@ -543,11 +615,20 @@ class PackWriter:
         rows = [(digest, p, o, n) for digest, (p, o, n) in pending.items()]
         self.store._index(rows, replace=replace)
         self.written += len(rows)
+        if self._quota is not None:
+            size = sum(n for _d, _p, _o, n in rows)
+            with self._lock:
+                self._charged -= size
+            self._quota.settle(size, 0)
         for number, end in ends.items():
             self._committed_end[number] = max(end, self._committed_end.get(number, 0))
 
     def close(self) -> None:
-        """End the session: drop what was not committed (empty packs are removed), then unlock."""
+        """End the session: drop what was not committed (empty packs are removed), then unlock.
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             if self.lease is not None:
                 self.lease.flush()  # before the unlock: from here on the lease keeps what the packs hold
@@ -563,3 +644,8 @@ class PackWriter:
                 os.close(fd)
             self._packs = []
             self._pending = {}
+            if self._quota is not None:
+                with self._lock:
+                    dropped, self._charged = self._charged, 0
+                self._quota.settle(0, dropped)
+                self._quota.session(False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -17,7 +18,7 @@ from node.add import add_path, scan_size
 from node.alloc import keep_freed_buffers
 from node.api_client import ApiClient, NoDaemon
 from node.cli_secrets import STDIN, SecretInputError, read_link, read_name, read_targets, scrub_process_title
-from node.errors import DaemonError, NodeError, NotFoundError
+from node.errors import DaemonError, NodeError, NotFoundError, RepoDamagedError
 from node.get import GetResult, get_link
 from node.repo import Repo, default_repo_path
 from node.views import add_json, pin_json
@@ -198,7 +199,9 @@ def _fetch_from_network(args: argparse.Namespace, repo: Repo, link: ShareLink) -
 
     logs.silence_libraries()
 
-    bootstrap = [*load_config(repo.path, create=False).bootstrap, *(args.bootstrap or ())]
+    config = load_config(repo.path, create=False)
+    repo.blocks.set_limit(config.storage_limit)
+    bootstrap = [*config.bootstrap, *(args.bootstrap or ())]
     if not link.peers and not bootstrap:
         raise NotFoundError(
             f"{cid_to_text(link.root)} is not in this repo, and there is nowhere to look for it: the link"
@@ -251,9 +254,12 @@ def _fetch_through_daemon(args: argparse.Namespace, daemon: ApiClient, link: Sha
 
 def cmd_ls(args: argparse.Namespace) -> None:
     try:
-        pins = _daemon(args).call("GET", "/v1/ls")["pins"]
+        answer = _daemon(args).call("GET", "/v1/ls")
+        pins = answer["pins"]
+        for message in answer.get("damaged", []):
+            _warn(str(message))
     except NoDaemon:
-        pins = [pin_json(p) for p in _open_repo(args).pins()]
+        pins = [pin_json(p) for p in _open_repo(args).pins(on_damaged=_warn)]
     rows = [f"{'ROOT':<59}  {'NAME':<24}  {'SIZE':>10}  ADDED"]
     for pin in pins:
         added = datetime.fromisoformat(pin["added"]).astimezone().strftime("%Y-%m-%d %H:%M")
@@ -331,6 +337,21 @@ def cmd_gc(args: argparse.Namespace) -> None:
         {"blocks_removed": blocks, "bytes_freed": freed},
         f"removed {blocks} unpinned block{'s' if blocks != 1 else ''}, freed {human(freed)}",
     )
+
+
+def cmd_repo(args: argparse.Namespace) -> None:
+    """``repo check`` / ``repo repair``: what is wrong on stdout, one line each; non-zero if any is left."""
+    from node import repocheck, reporepair
+
+    repo = _open_repo(args, create=False)
+    report = reporepair.repair(repo) if args.action == "repair" else repocheck.check(repo, deep=args.deep)
+    lines = [*(f"fixed: {d}" for d in report.done), *(f"note: {n}" for n in report.notes)]
+    lines += [f"problem: {p}" for p in report.problems]
+    data = {"fixed": report.done, "notes": report.notes, "problems": report.problems}
+    Output(args).emit(data, "\n".join(lines) or "the repo passes every check")
+    if report.problems:
+        hint = "" if args.action == "repair" else ": 'sealbox repo repair' mends what can be mended"
+        raise RepoDamagedError(f"{len(report.problems)} problem(s) left in the repo{hint}")
 
 
 def _chunk_size(text: str) -> int:
@@ -422,6 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", parents=[common], help="remove blocks no pinned root needs")
     gc.set_defaults(func=cmd_gc)
 
+    repo = sub.add_parser("repo", parents=[common], help="check or repair the block index and the pins")
+    repo.add_argument("action", choices=["check", "repair"], help="check: report; repair: rebuild what fails")
+    repo.add_argument("--deep", action="store_true", help="check: also read and hash every stored block")
+    repo.set_defaults(func=cmd_repo)
+
     daemon = sub.add_parser(
         "daemon", parents=[common], help="run the node: serve and announce pinned roots, answer the CLI"
     )
@@ -460,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         return _fail(args, f"{exc.strerror or exc}{where}")
+    except sqlite3.Error as exc:  # the block store turns these into RepoDamagedError: a last resort
+        return _fail(args, f"the block index is damaged ({exc}): run 'sealbox repo check'")
     return 0
 
 

@@ -4,7 +4,7 @@
   roots_announced, last_reprovide, seed}``
 - ``GET /v1/peers`` -> ``{peers: [{peer_id, addrs}]}``
 - ``POST /v1/add {path, name?, with_size?, peer_hints?}`` -> what ``add --json`` prints, plus ``warnings``
-- ``GET /v1/ls`` -> ``{pins: [what ls --json prints for each pin]}``
+- ``GET /v1/ls`` -> ``{pins: [what ls --json prints for each pin], damaged: [one line per damaged pin]}``
 - ``POST /v1/rm {roots: [root CID text]}`` -> ``{unpinned: [root CID text]}``
 - ``POST /v1/fetch {link, seed?}`` -> ``{root, providers, rounds, blocks, bytes, pinned}``; with
   ``seed: false`` the root is neither announced nor pinned (``get --no-seed``)
@@ -196,8 +196,9 @@ class Control:
             )
 
     async def ls(self, _args: dict[str, Any]) -> dict[str, Any]:
-        pins = await trio.to_thread.run_sync(self.repo.pins)
-        return {"pins": [pin_json(p) for p in pins]}
+        damaged: list[str] = []
+        pins = await trio.to_thread.run_sync(partial(self.repo.pins, on_damaged=damaged.append))
+        return {"pins": [pin_json(p) for p in pins], "damaged": damaged}
 
     async def rm(self, args: dict[str, Any]) -> dict[str, Any]:
         roots = args.get("roots")

@@ -84,6 +84,7 @@ async def serve(
     repo = Repo.open(repo_path, create=True)
     try:
         config = load_config(repo_path).override(listen=listen, bootstrap=bootstrap)
+        repo.blocks.set_limit(config.storage_limit)  # checked as each block is written
         sock = api_files.socket_path(repo_path)
         with hold_daemon_lock(repo_path):
             identity = load_or_create_identity(repo_path)

@@ -24,61 +24,27 @@ import fcntl
 import hashlib
 import hmac
 import os
-import struct
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
-import msgpack
-
+from node import repocheck
 from node.blockstore import BlockStore
 from node.errors import NotFoundError, RepoError, RepoFullError
 from node.fsutil import discard_on_error, fsync_dir, full_error, is_full, temp_name, write_atomic
 from node.lease import Lease, leased
+from node.pinfile import MAX_PIN_HEADER, TRAILER, PinLayout, decode_tail, encode_header
+from node.pinfile import Pin as Pin  # re-exported: callers import Pin from here
 from protocol.cid import CID_LEN, check_cid, cid_from_text, cid_to_text
 from protocol.errors import CidError
 
 REPO_VERSION = "sealbox-repo 1"
-PIN_MAGIC = b"SBP1"
-_TRAILER = struct.Struct(">I4s")
-MAX_PIN_HEADER = 64 * 1024
 
 
 def default_repo_path() -> Path:
     env = os.environ.get("SEALBOX_REPO")
     return Path(env) if env else Path.home() / ".sealbox"
-
-
-@dataclass(frozen=True)
-class Pin:
-    """A pinned root: what ``ls`` shows. ``key`` is kept only for roots this repo added."""
-
-    root: bytes
-    kind: str
-    size: int
-    blocks: int
-    stored: int
-    added: float
-    name: str | None = None
-    key: bytes | None = None
-    fingerprint: bytes | None = None
-
-    def header(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "v": 1,
-            "root": self.root,
-            "kind": self.kind,
-            "size": self.size,
-            "blocks": self.blocks,
-            "stored": self.stored,
-            "added": self.added,
-        }
-        for name in ("name", "key", "fingerprint"):
-            if getattr(self, name) is not None:
-                fields[name] = getattr(self, name)
-        return fields
 
 
 class Repo:
@@ -156,10 +122,13 @@ class Repo:
         The rename is the commit point: before it the root is not pinned, after it every block it
         lists is durably in the store.
         """
-        header: bytes = msgpack.packb(pin.header(), use_bin_type=True)
         with discard_on_error(block_list, self.path):
-            with open(block_list, "ab") as f:
-                f.write(header + _TRAILER.pack(len(header), PIN_MAGIC))
+            with open(block_list, "r+b") as f:
+                digest = hashlib.sha256()
+                while data := f.read(1 << 20):  # the list as the disk holds it (36 bytes a block)
+                    digest.update(data)
+                f.seek(0, os.SEEK_END)
+                f.write(encode_header(pin, digest.digest()))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(block_list, self._pin_path(pin.root))
@@ -178,19 +147,14 @@ class Repo:
         return pin
 
     def _rewrite_pin(self, new: Pin) -> Pin:
-        """Replace the pin of ``new.root`` with ``new``, keeping its block list."""
-        pin = self.read_pin(new.root)
+        """Replace the pin of ``new.root`` with ``new``, keeping its block list (checked as it is copied:
+        a damaged list is never given a fresh checksum)."""
         tmp = self.new_block_list()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with open(self._pin_path(pin.root), "rb") as src, os.fdopen(fd, "wb") as dst:
-                remaining = pin.blocks * CID_LEN
-                while remaining:
-                    data = src.read(min(remaining, 1 << 20))
-                    if not data:
-                        raise RepoError(f"pin of {cid_to_text(pin.root)} is damaged")
-                    dst.write(data)
-                    remaining -= len(data)
+            with os.fdopen(fd, "wb") as dst:
+                for cid in self.pin_blocks(new.root):
+                    dst.write(cid)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -201,53 +165,79 @@ class Repo:
         return self.tmp / temp_name("pin-")
 
     def read_pin(self, root: bytes) -> Pin:
+        return self.pin_layout(root).pin
+
+    def pin_layout(self, root: bytes) -> PinLayout:
+        """The pin of ``root`` with its list's length and checksum (see node/pinfile.py)."""
         try:
             with open(self._pin_path(root), "rb") as f:
-                return self._read_header(f, root)
+                return self._read_layout(f, root)
         except FileNotFoundError:
             raise NotFoundError(f"{cid_to_text(root)} is not pinned in this repo") from None
 
-    def _read_header(self, f: Any, root: bytes) -> Pin:
+    def _read_layout(self, f: BinaryIO, root: bytes) -> PinLayout:
         size = os.fstat(f.fileno()).st_size
-        bad = RepoError(f"pin of {cid_to_text(root)} is damaged")
-        if size < _TRAILER.size:
-            raise bad
-        f.seek(size - _TRAILER.size)
-        length, magic = _TRAILER.unpack(f.read(_TRAILER.size))
-        if magic != PIN_MAGIC or length > MAX_PIN_HEADER or length > size - _TRAILER.size:
-            raise bad
-        list_len = size - _TRAILER.size - length
-        f.seek(list_len)
+        f.seek(max(0, size - MAX_PIN_HEADER - TRAILER.size))
         try:
-            fields = msgpack.unpackb(f.read(length), raw=False)
-            pin = Pin(**{k: v for k, v in fields.items() if k != "v"})
-        except (ValueError, TypeError, msgpack.UnpackException):
-            raise bad from None
-        if pin.root != root or list_len != pin.blocks * CID_LEN:
-            raise bad
-        return pin
+            return decode_tail(f.read(MAX_PIN_HEADER + TRAILER.size), size, root)
+        except RepoError as exc:
+            why = str(exc).removeprefix("pin is damaged: ")
+            raise RepoError(f"pin of {cid_to_text(root)} is damaged ({why})") from None
 
-    def pins(self) -> list[Pin]:
-        """Every pin, oldest first. Damaged pin files are skipped (gc keeps their blocks)."""
+    def _read_header(self, f: BinaryIO, root: bytes) -> Pin:
+        return self._read_layout(f, root).pin
+
+    def pins(self, *, on_damaged: Callable[[str], None] | None = None) -> list[Pin]:
+        """Every pin, oldest first. Damaged pin files are skipped (gc keeps their blocks) and, if
+        ``on_damaged`` is given, named to it: one line each, naming the file, never its contents."""
         out = []
         for path in self.pins_dir.glob("*.pin"):
             try:
                 root = cid_from_text(path.name[: -len(".pin")])
+            except CidError:
+                if on_damaged is not None:
+                    on_damaged(f"pins/{path.name[:80]!r} is not named after a root: skipped")
+                continue
+            try:
                 with open(path, "rb") as f:
                     out.append(self._read_header(f, root))
-            except (CidError, RepoError, FileNotFoundError):
+            except RepoError as exc:
+                if on_damaged is not None:
+                    on_damaged(f"{exc}: skipped ('sealbox repo check' says more)")
+            except FileNotFoundError:
                 continue
+            except OSError as exc:
+                if on_damaged is not None:
+                    on_damaged(f"pin of {cid_to_text(root)} cannot be read ({exc.strerror}): skipped")
         return sorted(out, key=lambda p: (p.added, p.root))
 
     def pin_blocks(self, root: bytes) -> Iterator[bytes]:
-        """The CIDs a pin holds, streamed from its block list."""
-        pin = self.read_pin(root)
+        """The CIDs a pin holds, streamed from its block list; a v2 list is checked against its checksum
+        as it is read, and RepoError raised at its end if it fails (so gc never acts on a damaged list)."""
         with open(self._pin_path(root), "rb") as f:
-            for _ in range(pin.blocks):
-                yield check_cid(f.read(CID_LEN))
+            layout = self._read_layout(f, root)
+            f.seek(0)
+            digest = hashlib.sha256()
+            damaged = RepoError(f"pin of {cid_to_text(root)} is damaged (its block list fails its checksum)")
+            for _ in range(layout.pin.blocks):
+                cid = f.read(CID_LEN)
+                digest.update(cid)
+                try:
+                    yield check_cid(cid)
+                except CidError:
+                    raise damaged from None
+            if layout.list_digest is not None and digest.digest() != layout.list_digest:
+                raise damaged
 
     def unpin(self, root: bytes) -> Pin:
-        pin = self.read_pin(root)
+        """Remove the pin of ``root``. A damaged pin is removed too (the user asked for that root to go;
+        gc refuses to run while it is there): what is returned then holds only its root."""
+        try:
+            pin = self.read_pin(root)
+        except NotFoundError:
+            raise
+        except RepoError:
+            pin = Pin(root, "file", 0, 0, 0, 0.0)
         self._pin_path(root).unlink()
         if pin.fingerprint is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -302,8 +292,10 @@ class Repo:
 
     def gc(self) -> tuple[int, int]:
         """Remove every block no pin or live lease holds, stale leases and temp files. Returns
-        ``(blocks, bytes)`` freed. Safe while fetches run in this process or others (see above)."""
+        ``(blocks, bytes)`` freed. Safe while fetches run in this process or others (see above).
+        Refuses (RepoDamagedError, nothing deleted) if the index or a pin fails node/repocheck.py's checks."""
         with self.lock(exclusive=True):
+            repocheck.check_before_gc(self)
             removed, freed = self.blocks.collect(self._kept())
             for stale in self.tmp.iterdir():
                 with contextlib.suppress(FileNotFoundError):

@@ -19,7 +19,7 @@ import trio
 import trio.lowlevel
 
 from node.add import add_path
-from node.blockstore import BlockStore
+from node.blockstore import FRAME, BlockStore
 from node.errors import NotFoundError
 from node.get import get_link
 from node.netget import fetch_link, pin_fetched
@@ -118,7 +118,8 @@ def test_a_read_never_uses_a_descriptor_compaction_closed(
     reader.start()
     try:
         assert at_pread.wait(60)
-        assert store.collect([kept]) == (3, 300_000)  # one block of four lives: the pack is compacted
+        # one block of four lives: the pack is compacted (it frees three blocks and their frames)
+        assert store.collect([kept]) == (3, 300_000 + 3 * FRAME.size)
         decoy = tmp_path / "decoy"
         decoy.write_bytes(os.urandom(500_000))
         decoy_fd = os.open(decoy, os.O_RDONLY)  # the lowest free number: the closed pack's, if closed
@@ -142,7 +143,7 @@ def test_a_read_located_before_a_compaction_finds_the_block_where_it_moved(tmp_p
     kept, kept_data = blocks[0]
     located = store.locate([cid for cid, _ in blocks])  # as get_link does, ahead of reading
     where = located[kept]
-    assert store.collect([kept]) == (3, 300_000)  # compacted: the old pack is gone
+    assert store.collect([kept]) == (3, 300_000 + 3 * FRAME.size)  # compacted: the old pack is gone
     assert store.locate([kept])[kept][0] != where[0]
     assert store.get(kept, where=where) == kept_data
     with pytest.raises(NotFoundError):
