@@ -1,4 +1,6 @@
 """The on-disk block store: append-only pack files and a SQLite index of where each block lies.
+This module is the index and the reading side; a writer session is node/pack_writer.py, gc's
+collect and compaction node/pack_gc.py.
 
 Layout under ``REPO/blocks``::
 
@@ -33,32 +35,29 @@ gc at any moment (``collect``), against writers and readers in this process and 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import secrets
 import sqlite3
-import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 
+from node import pack_gc
 from node.errors import NotFoundError, RepoDamagedError, RepoError
-from node.fsutil import WRITEBACK_STEP, fsync_dir, full_error, is_full, start_writeback
+from node.fsutil import full_error
 from node.lease import Lease
+from node.pack_writer import FRAME as FRAME
+from node.pack_writer import FRAME_MAGIC as FRAME_MAGIC
+from node.pack_writer import MAX_BLOCK as MAX_BLOCK
+from node.pack_writer import PACK_MAGIC as PACK_MAGIC
+from node.pack_writer import PackWriter as PackWriter
+from node.pack_writer import _digest
+from node.pack_writer import _pack_number as _pack_number
+from node.pack_writer import block_digest as block_digest
 from node.quota import Quota
-from protocol.cid import CID_PREFIX, check_cid, cid_to_text, verify_block
-from protocol.manifest import MAX_CHUNK
-from protocol.seal import TAG_LEN
+from protocol.cid import CID_PREFIX, cid_to_text, verify_block
 
-MAX_BLOCK = MAX_CHUNK + TAG_LEN
 LOCATE_BATCH = 500  # CIDs per index query in locate() (SQLite allows 32,766 parameters, older ones 999)
 Location = tuple[int, int, int]  # (pack, offset, length)
-PACK_MAX = 1 << 30  # a writer starts a new pack past this size, so gc compacts in bounded pieces
-COMPACT_BELOW = 0.5  # gc rewrites a pack whose live bytes fall below this share of its size
-PACK_MAGIC = b"SBPACK1\n"  # a framed pack's first bytes (an older pack starts with ciphertext)
-FRAME = struct.Struct(">4sI32s")  # before each block: FRAME_MAGIC, u32be(length), sha2-256 digest
-FRAME_MAGIC = b"SBF1"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -79,23 +78,10 @@ def damaged_index(_root: Path, exc: sqlite3.Error | str) -> RepoDamagedError:
     )
 
 
-def frame(digest: bytes, length: int) -> bytes:
-    return FRAME.pack(FRAME_MAGIC, length, digest)
-
-
 def _full(exc: sqlite3.Error) -> bool:
     """Whether SQLite failed for want of disk space (on tmpfs a full disk shows as a shm that cannot grow)."""
     name = getattr(exc, "sqlite_errorname", "")
     return name in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE") or "full" in str(exc).lower()
-
-
-def _digest(cid: bytes) -> bytes:
-    return check_cid(cid)[len(CID_PREFIX) :]
-
-
-def block_digest(cid: bytes) -> bytes:
-    """The sha2-256 digest a CID names: what the store indexes and what commit listeners receive."""
-    return _digest(cid)
 
 
 class _Reader:
@@ -107,14 +93,6 @@ class _Reader:
         self.fd = fd
         self.reads = 0
         self.retired = False  # closed by the last read to end
-
-
-def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
 
 
 class BlockStore:
@@ -365,287 +343,9 @@ class BlockStore:
     # -- garbage collection (the caller holds the repo's exclusive lock) ----------------------------
 
     def collect(self, keep: Iterable[bytes]) -> tuple[int, int]:
-        """Drop every block not in ``keep``; delete or compact packs. Returns ``(blocks, bytes freed)``.
-
-        Safe while writer sessions run, here or in other processes: only idle packs (flocked here
-        exclusively, see the module's docstring) lose rows or bytes, and rows into a pack that no longer
-        exists (left by a crash or an older version) unless kept. ``keep`` is consumed only once the
-        idle packs are locked, so a lazy iterable that reads the leases, then the pins, sees every block
-        a session ended before the locking and every pin written before the reading.
-        """
-        if self.quota is not None:
-            self.quota.recount()
-        idle = self._lock_idle_packs()
-        try:
-            removed = self._drop_rows(keep, idle)
-            freed = 0
-            with self._lock:
-                live = dict(self.db.execute("SELECT pack, sum(length) FROM blocks GROUP BY pack").fetchall())
-            for number, (_fd, size) in idle.items():
-                if number not in live:
-                    with self._lock:
-                        self._retire(number)
-                    with contextlib.suppress(FileNotFoundError):
-                        self.pack_path(number).unlink()
-                    freed += size
-                elif live[number] < COMPACT_BELOW * size:
-                    freed += size - self._compact(number)
-        finally:
-            for fd, _size in idle.values():
-                os.close(fd)  # and so unlock
-        fsync_dir(self.packs)
-        return removed, max(0, freed)
-
-    def _lock_idle_packs(self) -> dict[int, tuple[int, int]]:
-        """Every pack no writer session holds, flocked exclusively: ``{number: (fd, size)}``."""
-        idle: dict[int, tuple[int, int]] = {}
-        for path in self.packs.iterdir():
-            number = _pack_number(path)
-            if number is None:
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # a writer session holds it
-                os.close(fd)
-                continue
-            idle[number] = (fd, os.fstat(fd).st_size)
-        return idle
-
-    def _drop_rows(self, keep: Iterable[bytes], idle: dict[int, tuple[int, int]]) -> int:
-        """Delete, in one transaction, the rows not in ``keep`` that lie in ``idle`` packs or in packs
-        with no file (no session can be writing one: a session creates its pack before any row)."""
-        with self._lock:
-            db = self.db
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (digest BLOB PRIMARY KEY) WITHOUT ROWID")
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS idle (pack INTEGER PRIMARY KEY)")
-            db.execute("DELETE FROM keep")
-            db.execute("DELETE FROM idle")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany("INSERT OR IGNORE INTO keep VALUES (?)", ((_digest(c),) for c in keep))
-                db.executemany("INSERT INTO idle VALUES (?)", ((n,) for n in idle))
-                packs = [row[0] for row in db.execute("SELECT DISTINCT pack FROM blocks")]
-                gone = [n for n in packs if n not in idle and not self.pack_path(n).exists()]
-                db.executemany("INSERT OR IGNORE INTO idle VALUES (?)", ((n,) for n in gone))
-                where = "pack IN (SELECT pack FROM idle) AND digest NOT IN (SELECT digest FROM keep)"
-                removed = db.execute(f"SELECT count(*) FROM blocks WHERE {where}").fetchone()  # noqa: S608
-                db.execute(f"DELETE FROM blocks WHERE {where}")  # noqa: S608
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("DELETE FROM keep")
-            db.execute("DELETE FROM idle")
-        return int(removed[0])
-
-    def _compact(self, number: int) -> int:
-        """Rewrite the live blocks of pack ``number`` (flocked by gc) into a new pack, then delete it.
-        Returns the bytes written."""
-        with self._lock:
-            rows = self.db.execute(
-                "SELECT digest FROM blocks WHERE pack = ? ORDER BY offset", (number,)
-            ).fetchall()
-        written = len(PACK_MAGIC)  # the bytes of the new pack: its header, frames and blocks
-        with self.writer(counted=False) as writer:
-            for (digest,) in rows:
-                cid = CID_PREFIX + digest
-                block = self.get(cid)
-                writer.put(cid, block, force=True)
-                written += FRAME.size + len(block)
-            writer.commit(replace=True)
-        with self._lock:
-            self._retire(number)
-        self.pack_path(number).unlink()
-        return written
+        """Drop every block not in ``keep``; delete or compact idle packs. Returns ``(blocks, bytes
+        freed)``. The work, and what ``keep`` may be: node/pack_gc.py."""
+        return pack_gc.collect(self, keep)
 
     def _disk_usage(self) -> int:
         return sum(p.stat().st_size for p in self.packs.iterdir() if _pack_number(p) is not None)
-
-
-def _pack_number(path: Path) -> int | None:
-    stem, dot, ext = path.name.partition(".")
-    return int(stem) if dot and ext == "pack" and stem.isdigit() else None
-
-
-class PackWriter:
-    """One writer session: appends blocks to packs of its own; :meth:`commit` makes them visible.
-
-    ``put`` may be called from several threads at once: offsets are reserved under a lock and the
-    bytes written with ``pwrite`` outside it. Closing without commit removes what was written.
-
-    Each pack is flocked shared for the whole session, so gc leaves it alone (the store's docstring).
-    With a ``lease``, every block ``put`` is given (stored, or found stored) is leased, and the lease
-    is flushed at each commit and before the packs are unlocked at close.
-    """
-
-    def __init__(self, store: BlockStore, lease: Lease | None = None, *, counted: bool = True) -> None:
-        self.store = store
-        self.lease = lease
-        self._quota = store.quota if counted else None
-        self._charged = 0  # bytes charged to the storage limit, not yet committed
-        self._closed = False
-        self._lock = threading.Lock()
-        self._packs: list[tuple[int, int]] = []  # (number, fd) in order of creation
-        self._end = 0
-        self._committed_end: dict[int, int] = {}
-        self._pending: dict[bytes, tuple[int, int, int]] = {}  # written, not yet committed
-        self._reserved: set[bytes] = set()  # every digest this session has taken on
-        self.written = 0  # blocks this session added
-        self._new_pack()
-        if self._quota is not None:
-            self._quota.session(True)
-
-    def __enter__(self) -> PackWriter:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def _new_pack(self) -> None:
-        # random numbers: never reused, so a cached reader can never open another pack by mistake
-        while True:
-            number = secrets.randbits(62)
-            try:
-                fd = os.open(self.store.pack_path(number), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                if is_full(exc):
-                    raise full_error(self.store.root) from None
-                raise
-            # gc may have found the empty file before our lock: then it holds it (and deletes it), or
-            # has deleted it already; either way we make another (never waiting: this may run in trio)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                if os.fstat(fd).st_nlink > 0:
-                    break
-            except BlockingIOError:
-                pass
-            os.close(fd)
-        try:
-            _write_all(fd, PACK_MAGIC, 0)
-        except OSError as exc:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                self.store.pack_path(number).unlink()
-            if is_full(exc):
-                raise full_error(self.store.root) from None
-            raise
-        self._packs.append((number, fd))
-        self._end = len(PACK_MAGIC)
-        self._flushed = 0
-
-    def put(self, cid: bytes, block: bytes, *, verify: bool = True, force: bool = False) -> bool:
-        """Append ``block`` unless the store or this session has it already. Returns True if appended.
-
-        ``verify=False`` only where the caller computed ``cid`` from these very bytes (sealing).
-        ``force=True`` skips the store's index lookup: for compaction, which rewrites blocks the store
-        holds, and for blocks just sealed under a fresh random key, which it cannot hold (the lookup
-        was 15% of sealing's time). Commit indexes with INSERT OR IGNORE, so a block the store held
-        after all keeps its row and the new copy is only unreferenced bytes, which gc removes.
-        """
-        digest = _digest(cid)
-        if len(block) > MAX_BLOCK:
-            raise RepoError("refusing to store a block larger than the maximum block size")
-        if verify:
-            verify_block(cid, block)
-        if self.lease is not None:  # before the lookup: a block found stored is leased too
-            self.lease.add((cid,))
-        if not force and self.store.has(cid):
-            return False
-        with self._lock:
-            if digest in self._reserved:
-                return False
-            if self._quota is not None:
-                self._quota.charge(len(block))
-                self._charged += len(block)
-            self._reserved.add(digest)
-            if self._end + FRAME.size + len(block) > PACK_MAX and self._end > len(PACK_MAGIC):
-                self._new_pack()
-            number, fd = self._packs[-1]
-            offset = self._end + FRAME.size  # where the block lies: its frame comes first
-            self._end = offset + len(block)
-            step = offset // WRITEBACK_STEP
-            flush = step > self._flushed
-            if flush:
-                self._flushed = step
-        try:
-            _write_all(fd, frame(digest, len(block)), offset - FRAME.size)
-            _write_all(fd, block, offset)
-            if flush:  # start writing the previous step to disk while sealing goes on
-                start_writeback(fd, (step - 1) * WRITEBACK_STEP, WRITEBACK_STEP)
-        except OSError as exc:
-            with self._lock:
-                self._reserved.discard(digest)
-                if self._quota is not None:
-                    self._charged -= len(block)
-                    self._quota.settle(0, len(block))
-            if is_full(exc):
-                raise full_error(self.store.root) from None
-            raise
-        with self._lock:  # only now may a commit index it: its bytes are all written
-            self._pending[digest] = (number, offset, len(block))
-        return True
-
-    def commit(self, *, replace: bool = False) -> None:
-        """fsync this session's packs, then index, in one transaction, every block whose ``put`` has
-        returned. Safe while other threads are putting: blocks still being written wait for the next."""
-        with self._lock:
-            pending = self._pending
-            self._pending = {}
-            ends = {
-                number: max((o + n for p, o, n in pending.values() if p == number), default=0)
-                for number, _ in self._packs
-            }
-        try:
-            for _number, fd in self._packs:
-                os.fsync(fd)
-        except OSError as exc:
-            if is_full(exc):
-                raise full_error(self.store.root) from None
-            raise
-        if self.lease is not None:
-            self.lease.flush()
-        rows = [(digest, p, o, n) for digest, (p, o, n) in pending.items()]
-        self.store._index(rows, replace=replace)
-        self.written += len(rows)
-        if self._quota is not None:
-            size = sum(n for _d, _p, _o, n in rows)
-            with self._lock:
-                self._charged -= size
-            self._quota.settle(size, 0)
-        for number, end in ends.items():
-            self._committed_end[number] = max(end, self._committed_end.get(number, 0))
-
-    def close(self) -> None:
-        """End the session: drop what was not committed (empty packs are removed), then unlock.
-        Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            if self.lease is not None:
-                self.lease.flush()  # before the unlock: from here on the lease keeps what the packs hold
-        finally:
-            for number, fd in self._packs:
-                end = self._committed_end.get(number, 0)
-                path = self.store.pack_path(number)
-                with contextlib.suppress(OSError):
-                    if end == 0:
-                        path.unlink()
-                    else:
-                        os.ftruncate(fd, end)
-                os.close(fd)
-            self._packs = []
-            self._pending = {}
-            if self._quota is not None:
-                with self._lock:
-                    dropped, self._charged = self._charged, 0
-                self._quota.settle(0, dropped)
-                self._quota.session(False)
