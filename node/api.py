@@ -76,6 +76,16 @@ class _Refused(Exception):
         self.status = status
 
 
+def _refusal(exc: trio.TooSlowError | _Refused | h11.RemoteProtocolError) -> tuple[int, dict[str, Any]]:
+    """The status and body that answer a request refused before its route ran: too slow, refused by
+    a check, or not valid HTTP."""
+    if isinstance(exc, trio.TooSlowError):
+        return 408, {"error": "request timed out"}
+    if isinstance(exc, _Refused):
+        return exc.status, {"error": str(exc)}
+    return exc.error_status_hint, {"error": "malformed HTTP request"}
+
+
 async def serve(
     path: Path,
     token: str,
@@ -141,12 +151,8 @@ class _Server:
                 if request is None:
                     return  # evicted by newer connections, or closed before sending a request
                 self._check_token(request)
-            except trio.TooSlowError:
-                status, payload = 408, {"error": "request timed out"}
-            except _Refused as exc:
-                status, payload = exc.status, {"error": str(exc)}
-            except h11.RemoteProtocolError as exc:
-                status, payload = exc.error_status_hint, {"error": "malformed HTTP request"}
+            except (trio.TooSlowError, _Refused, h11.RemoteProtocolError) as exc:
+                status, payload = _refusal(exc)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                 return  # the client went away
             else:
@@ -183,12 +189,8 @@ class _Server:
             with trio.fail_after(self.read_timeout):
                 self._check_length(request)
                 body = await self._read_body(conn, stream)
-        except trio.TooSlowError:
-            status, payload = 408, {"error": "request timed out"}
-        except _Refused as exc:
-            status, payload = exc.status, {"error": str(exc)}
-        except h11.RemoteProtocolError as exc:
-            status, payload = exc.error_status_hint, {"error": "malformed HTTP request"}
+        except (trio.TooSlowError, _Refused, h11.RemoteProtocolError) as exc:
+            status, payload = _refusal(exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             return  # the client went away
         else:
