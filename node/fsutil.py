@@ -29,6 +29,15 @@ def temp_name(prefix: str = "") -> str:
     return f".{prefix}{secrets.token_hex(8)}.tmp"
 
 
+def open_if_present(path: Path) -> int | None:
+    """A read-only descriptor of ``path``; None if it is gone (another process may delete a file between
+    the listing of its directory and the open)."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-from node.fsutil import full_error, is_full
+from node.fsutil import full_error, is_full, open_if_present
 from protocol.cid import CID_LEN, check_cid
 from protocol.errors import CidError
 
@@ -125,9 +125,8 @@ def leased(directory: Path) -> Iterator[bytes]:
     for path in entries:
         if not path.name.endswith(SUFFIX):
             continue
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+        fd = open_if_present(path)
+        if fd is None:
             continue
         try:
             try:

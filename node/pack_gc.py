@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from node.fsutil import fsync_dir
+from node.fsutil import fsync_dir, open_if_present
 from node.pack_writer import FRAME, PACK_MAGIC, _digest, _pack_number
 from protocol.cid import CID_PREFIX
 
@@ -62,9 +62,8 @@ def _lock_idle_packs(store: BlockStore) -> dict[int, tuple[int, int]]:
         number = _pack_number(path)
         if number is None:
             continue
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+        fd = open_if_present(path)
+        if fd is None:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
