@@ -9,8 +9,10 @@ See ``node/exchange.py``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import ParamSpec, TypeVar
 
 import trio
 from libp2p.abc import IHost
@@ -48,6 +50,8 @@ from protocol.messages import (
 )
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 REQUEST_TIMEOUT = 10.0
 COMMIT_EVERY = 64  # blocks: fetched blocks become visible (and servable) in batches this size,
@@ -56,6 +60,25 @@ DISCOVER_FIRST = 3.0  # seconds before a fetch first asks ``discover`` for more 
 DISCOVER_MAX = 30.0
 
 
+def _unwrapping_repo_errors(fetch: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """``fetch`` with a RepoError that ends it raised as itself, not inside the nursery's exception group."""
+
+    @functools.wraps(fetch)
+    async def unwrapped(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fetch(*args, **kwargs)
+        except* RepoError as group:
+            raise _first(group) from None
+
+    return unwrapped
+
+
+def _first(group: BaseExceptionGroup[RepoError]) -> RepoError:
+    inner = group.exceptions[0]
+    return _first(inner) if isinstance(inner, BaseExceptionGroup) else inner
+
+
+@_unwrapping_repo_errors
 async def fetch_blocks(
     host: IHost,
     store: BlockStore,
@@ -84,39 +107,6 @@ async def fetch_blocks(
     A RepoError while storing (a full disk, the storage limit) ends the fetch as itself, not inside the
     nursery's exception group, so the caller reports its one line.
     """
-    try:
-        return await _fetch_blocks(
-            host,
-            store,
-            peers,
-            cids,
-            window=window,
-            request_timeout=request_timeout,
-            on_block=on_block,
-            discover=discover,
-            lease=lease,
-        )
-    except* RepoError as group:
-        raise _first(group) from None
-
-
-def _first(group: BaseExceptionGroup[RepoError]) -> RepoError:
-    inner = group.exceptions[0]
-    return _first(inner) if isinstance(inner, BaseExceptionGroup) else inner
-
-
-async def _fetch_blocks(
-    host: IHost,
-    store: BlockStore,
-    peers: Sequence[str],
-    cids: Iterable[bytes],
-    *,
-    window: int = 16,
-    request_timeout: float = REQUEST_TIMEOUT,
-    on_block: Callable[[bytes, str, int], None] | None = None,
-    discover: Callable[[], Awaitable[Sequence[str]]] | None = None,
-    lease: Lease | None = None,
-) -> FetchStats:
     stats = FetchStats()
     plan = FetchPlan(window=max(1, min(window, SERVER_MAX_OPEN)))
     wanted = list(cids)
