@@ -14,6 +14,7 @@ from node.add import add_path, scan_size
 from node.api_client import ApiClient, NoDaemon
 from node.cli_output import PROGRESS_INTERVAL, Output, fetch_bar, human, progress_bar, shows_progress
 from node.cli_secrets import STDIN, SecretInputError, read_link, read_name, read_targets
+from node.config_file import storage_limit
 from node.errors import DaemonError, NodeError, NotFoundError, RepoDamagedError
 from node.get import GetResult, get_link
 from node.repo import Repo, default_repo_path
@@ -64,6 +65,7 @@ def cmd_add(args: argparse.Namespace) -> None:
         Output(args).emit(data, str(data["link"]))
         return
     repo = _open_repo(args)
+    repo.blocks.set_limit(storage_limit(repo.path))  # as the daemon does: checked as each block is written
     total = scan_size(path) if sys.stderr.isatty() and not args.json and path.exists() else None
     with progress_bar(args, total, "sealing") as advance:
         result = add_path(

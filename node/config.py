@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.config_file import CONFIG_NAME, config_path, parse_limit, parse_table, read_config_bytes
 from node.dht import RECORD_LIFETIME, REPROVIDE_INTERVAL
 from node.errors import ConfigError, NetworkError
 from node.fsutil import write_atomic
 from node.host import DEFAULT_LISTEN, parse_peer_addr
 
-CONFIG_NAME = "config.toml"
-MAX_CONFIG_BYTES = 64 * 1024
 MAX_ADDRS = 64
 MIN_REPROVIDE_INTERVAL = 60.0
 
@@ -68,36 +66,21 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-def config_path(repo_path: Path) -> Path:
-    return repo_path / CONFIG_NAME
-
-
 def load_config(repo_path: Path, *, create: bool = True) -> Config:
     """Read ``REPO/config.toml`` (writing the template first if it is missing and ``create``)."""
     path = config_path(repo_path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
+    raw = read_config_bytes(path)
+    if raw is None:
         if not create:
             return Config()
         write_atomic(path, TEMPLATE.encode(), mode=0o644)
         raw = TEMPLATE.encode()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
     return parse_config(raw, str(path))
 
 
 def parse_config(raw: bytes, where: str = CONFIG_NAME) -> Config:
     """A :class:`Config` from the bytes of a config file; anything unusable raises :class:`ConfigError`."""
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where} is not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    data = parse_table(raw, where)
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -106,7 +89,7 @@ def parse_config(raw: bytes, where: str = CONFIG_NAME) -> Config:
         return Config(
             listen=_addrs("listen", data.get("listen", list(DEFAULT_LISTEN)), peer=False),
             bootstrap=_addrs("bootstrap", data.get("bootstrap", []), peer=True),
-            storage_limit=_limit(data.get("storage_limit")),
+            storage_limit=parse_limit(data.get("storage_limit")),
             reprovide_interval=_interval(data.get("reprovide_interval", REPROVIDE_INTERVAL)),
             seed=_bool("seed", data.get("seed", True)),
         )
@@ -130,14 +113,6 @@ def _addrs(name: str, value: Any, *, peer: bool) -> tuple[str, ...]:
             except NetworkError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
     return tuple(value)
-
-
-def _limit(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError("storage_limit must be a positive number of bytes (or left unset)")
-    return value
 
 
 def _interval(value: Any) -> float:

@@ -106,3 +106,24 @@ def test_a_daemon_holds_an_add_and_a_fetch_to_its_limit(
     assert (tmp_path / "tiny.out").read_bytes() == tiny.read_bytes()
     ok(run_cli("--repo", limited, "get", small_link, "-o", tmp_path / "small.out"))
     assert (tmp_path / "small.out").read_bytes() == small.read_bytes()
+
+
+def test_an_add_without_a_daemon_keeps_the_configs_limit_too(tmp_path: Path, run_cli: RunCli) -> None:
+    """No daemon runs: the CLI reads storage_limit itself (without the network stack) and keeps it."""
+    repo = tmp_path / "repo"
+    kept = ok(run_cli("--repo", repo, "add", _file(tmp_path / "kept", 50_000))).strip()
+    (repo / "config.toml").write_text(f"storage_limit = {LIMIT}\n")
+    before = pack_files(Repo.open(repo, create=False))
+    error = one_error(run_cli("--repo", repo, "add", _file(tmp_path / "big", 2 * LIMIT)))
+    assert "storage limit reached" in error and str(LIMIT) in error
+    after = Repo.open(repo, create=False)
+    assert len(after.pins()) == 1  # only the first add
+    assert pack_files(after) == before
+    out = tmp_path / "out"
+    ok(run_cli("--repo", repo, "get", kept, "-o", out))
+    assert out.read_bytes() == (tmp_path / "kept").read_bytes()
+    # a config whose limit is not a number is one line, naming the file
+    (repo / "config.toml").write_text('storage_limit = "lots"\n')
+    assert "storage_limit must be a positive number" in one_error(
+        run_cli("--repo", repo, "add", _file(tmp_path / "more", 10))
+    )
