@@ -73,8 +73,11 @@ def _check_index(db: sqlite3.Connection, store: BlockStore, *, full: bool) -> li
         return [f"the block index fails SQLite's integrity check ({first[:120]})"]
     if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'blocks'").fetchone():
         return ["the block index holds no blocks table (deleted or replaced)"]
-    (by_digest,) = db.execute("SELECT count(*) FROM blocks NOT INDEXED").fetchone()
-    (by_pack,) = db.execute("SELECT count(*) FROM blocks INDEXED BY blocks_by_pack").fetchone()
+    # one statement, so one snapshot: a writer committing between two counts is not damage
+    by_digest, by_pack = db.execute(
+        "SELECT (SELECT count(*) FROM blocks NOT INDEXED),"
+        " (SELECT count(*) FROM blocks INDEXED BY blocks_by_pack)"
+    ).fetchone()
     if by_digest != by_pack:
         return [f"the block index's two b-trees disagree ({by_digest} rows by digest, {by_pack} by pack)"]
     problems = []

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from node.repo import Repo
-from protocol.cid import CID_LEN, cid_to_text
+from protocol.cid import CID_LEN, cid_of, cid_to_text
 from tests.helpers import RunCli, ok, one_error
 
 MIB = 1 << 20
@@ -318,3 +319,37 @@ def test_a_pack_written_before_frames_is_read_checked_and_recovered_through_the_
     assert any("pack 77 predates framing and the old index names none" in p for p in report.problems)
     assert any("cannot be rebuilt" in p for p in report.problems)
     assert repo.blocks.pack_path(77).exists()
+
+
+def test_a_block_committed_while_the_check_reads_the_index_is_not_damage(
+    repo: Repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc's check runs while fetches commit: a commit between two of its reads must not look like
+    damage (it did: "the block index's two b-trees disagree", under load, with a fetch running)."""
+    from node import repocheck
+
+    first = os.urandom(1000)
+    repo.blocks.put(cid_of(first), first)
+    real = repocheck.connect_index
+    committed: list[bytes] = []
+
+    class Racing:
+        """The check's connection; another one commits a block right after its first count."""
+
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            cursor = self.db.execute(sql, *args)
+            if "count(*)" in sql and not committed:
+                block = os.urandom(1000)
+                repo.blocks.put(cid_of(block), block)
+                committed.append(block)
+            return cursor
+
+        def close(self) -> None:
+            self.db.close()
+
+    monkeypatch.setattr(repocheck, "connect_index", lambda store: Racing(real(store)))
+    assert repocheck.index_problems(repo.blocks) == []
+    assert committed and repo.blocks.stats()[0] == 2
