@@ -155,8 +155,10 @@ async def test_a_hundred_thousand_unread_requests_for_held_blocks_get_the_stream
 ) -> None:
     # The asker reads no answer: the server's writes fill the stream's window, it holds 64 requests
     # open and stops reading; py-libp2p would buffer the other ~4 MB of requests whatever the window
-    # said, so the server resets a stream that leaves more than MAX_BACKLOG unread.
-    caplog.set_level(logging.INFO, logger="node.block_server")
+    # said, so the server resets a stream that leaves more than MAX_BACKLOG unread. Under load the
+    # flood may instead first overrun the stream's yamux receive window, which node/libp2p_patches.py
+    # enforces with a reset of its own: either limit ends the stream, and nothing is kept.
+    caplog.set_level(logging.DEBUG, logger="node")
     with trio.fail_after(60):
         async with serving(tmp_path, "server") as server, attacker(server) as client:
             served = trio.Event()
@@ -173,7 +175,10 @@ async def test_a_hundred_thousand_unread_requests_for_held_blocks_get_the_stream
             with contextlib.suppress(StreamReset):  # the reset may come while we still write
                 await stream.write(b"".join(wants))
             await served.wait()  # the server is done with the stream (we read nothing)
-    assert f"over {MAX_BACKLOG} bytes of requests wait unread" in caplog.text
+    assert (
+        f"over {MAX_BACKLOG} bytes of requests wait unread" in caplog.text
+        or "over a stream's receive window; stream reset" in caplog.text
+    )
     assert server.server.buffered == 0 and server.server.open_streams == 0
 
 
