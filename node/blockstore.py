@@ -70,7 +70,7 @@ CREATE INDEX IF NOT EXISTS blocks_by_pack ON blocks (pack);
 """
 
 
-def damaged_index(_root: Path, exc: sqlite3.Error | str) -> RepoDamagedError:
+def damaged_index(exc: sqlite3.Error | str) -> RepoDamagedError:
     """The one line for a block index SQLite cannot read (deleted, truncated, malformed); no path in it."""
     return RepoDamagedError(
         f"the block index (blocks/index.sqlite) is damaged ({exc}): nothing was changed;"
@@ -82,6 +82,13 @@ def _full(exc: sqlite3.Error) -> bool:
     """Whether SQLite failed for want of disk space (on tmpfs a full disk shows as a shm that cannot grow)."""
     name = getattr(exc, "sqlite_errorname", "")
     return name in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE") or "full" in str(exc).lower()
+
+
+def _checked(cid: bytes, where: Location) -> Location:
+    """``where``, refused if its length is more than any block's (the read is capped by it)."""
+    if not 0 <= where[2] <= MAX_BLOCK:
+        raise RepoError(f"block {cid_to_text(cid)} is larger than any block may be: the index is damaged")
+    return where
 
 
 class _Reader:
@@ -137,11 +144,11 @@ class BlockStore:
             db.execute("PRAGMA synchronous=FULL")
             if not new and not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'blocks'").fetchone():
                 db.close()
-                raise damaged_index(self.root, "it holds no blocks table: deleted or replaced")
+                raise damaged_index("it holds no blocks table: deleted or replaced")
         except sqlite3.Error as exc:
             if _full(exc):
                 raise full_error(self.root) from None
-            raise damaged_index(self.root, exc) from None
+            raise damaged_index(exc) from None
         self._db = db
         return db
 
@@ -152,7 +159,7 @@ class BlockStore:
             try:
                 yield self.db
             except sqlite3.Error as exc:
-                raise damaged_index(self.root, exc) from None
+                raise damaged_index(exc) from None
 
     def close(self) -> None:
         with self._lock:
@@ -239,11 +246,7 @@ class BlockStore:
         for _attempt in range(4):
             if where is None:
                 raise NotFoundError(f"block {cid_to_text(cid)} is not in the repo")
-            pack, offset, length = where
-            if not 0 <= length <= MAX_BLOCK:
-                raise RepoError(
-                    f"block {cid_to_text(cid)} is larger than any block may be: the index is damaged"
-                )
+            pack, offset, length = _checked(cid, where)
             reader = self._reader(pack)
             if reader is not None:
                 try:
@@ -266,9 +269,7 @@ class BlockStore:
         where = self._locate(cid)
         if where is None:
             raise NotFoundError(f"block {cid_to_text(cid)} is not in the repo")
-        pack, offset, length = where
-        if not 0 <= length <= MAX_BLOCK:
-            raise RepoError(f"block {cid_to_text(cid)} is larger than any block may be: the index is damaged")
+        pack, offset, length = _checked(cid, where)
         reader = self._reader(pack)
         if reader is None:
             raise NotFoundError(f"block {cid_to_text(cid)} lies in a pack deleted from the repo")
@@ -306,14 +307,7 @@ class BlockStore:
 
     def set_limit(self, limit: int | None) -> None:
         """Hold every counted writer session to ``limit`` bytes of blocks (node/quota.py); None: no limit."""
-        self.quota = None if limit is None else Quota(limit, self._count_bytes)
-
-    def _count_bytes(self) -> int:
-        try:
-            (used,) = self.db.execute("SELECT coalesce(sum(length), 0) FROM blocks").fetchone()
-        except sqlite3.Error as exc:
-            raise damaged_index(self.root, exc) from None
-        return int(used)
+        self.quota = None if limit is None else Quota(limit, lambda: self.stats()[1])
 
     def put(self, cid: bytes, block: bytes) -> bool:
         """Verify and store one block in a session of its own. Returns False if it was already there."""
@@ -346,6 +340,3 @@ class BlockStore:
         """Drop every block not in ``keep``; delete or compact idle packs. Returns ``(blocks, bytes
         freed)``. The work, and what ``keep`` may be: node/pack_gc.py."""
         return pack_gc.collect(self, keep)
-
-    def _disk_usage(self) -> int:
-        return sum(p.stat().st_size for p in self.packs.iterdir() if _pack_number(p) is not None)
