@@ -31,8 +31,6 @@ def collect(store: BlockStore, keep: Iterable[bytes]) -> tuple[int, int]:
     idle packs are locked, so a lazy iterable that reads the leases, then the pins, sees every block
     a session ended before the locking and every pin written before the reading.
     """
-    if store.quota is not None:
-        store.quota.recount()
     idle = _lock_idle_packs(store)
     try:
         removed = _drop_rows(store, keep, idle)
@@ -52,6 +50,8 @@ def collect(store: BlockStore, keep: Iterable[bytes]) -> tuple[int, int]:
         for fd, _size in idle.values():
             os.close(fd)  # and so unlock
     fsync_dir(store.packs)
+    if store.quota is not None:  # the limit's next charge counts what is left, not what was
+        store.quota.recount()
     return removed, max(0, freed)
 
 
