@@ -136,6 +136,8 @@ def missing_blocks(
             out[cid] = None
             if len(out) >= limit:
                 break
+    if lease is not None:  # written out now, not at the next commit: a gc from here on keeps them
+        lease.flush()
     return list(out)
 
 
