@@ -38,6 +38,18 @@ def _block(size: int = 10_000) -> tuple[bytes, bytes]:
     return cid_of(data), data
 
 
+def _store_of_four_blocks(tmp_path: Path) -> tuple[BlockStore, list[tuple[bytes, bytes]]]:
+    """A store holding four 100 kB blocks in one pack (what a compaction test starts from)."""
+    store = BlockStore(tmp_path / "blocks")
+    store.create()
+    blocks = [_block(100_000) for _ in range(4)]
+    with store.writer() as writer:
+        for cid, data in blocks:
+            writer.put(cid, data)
+        writer.commit()
+    return store, blocks
+
+
 def test_gc_leaves_an_open_writer_sessions_pack_and_rows_alone(repo: Repo, run_cli: RunCli) -> None:
     """A fetch's writer commits every few blocks and stays open: gc here or in another process (the
     CLI without a daemon) must neither drop its rows nor delete the pack it is still writing."""
@@ -86,13 +98,7 @@ def test_a_read_never_uses_a_descriptor_compaction_closed(
 ) -> None:
     """A reader holds a pack's descriptor between its lookup and its pread; compaction closes the pack
     meanwhile and another file takes the freed number. The read must still return the block."""
-    store = BlockStore(tmp_path / "blocks")
-    store.create()
-    blocks = [_block(100_000) for _ in range(4)]
-    with store.writer() as writer:
-        for cid, data in blocks:
-            writer.put(cid, data)
-        writer.commit()
+    store, blocks = _store_of_four_blocks(tmp_path)
     kept, kept_data = blocks[0]
     where = store.locate([kept])[kept]
     store.get(kept)  # the pack's reader is cached
@@ -133,13 +139,7 @@ def test_a_read_never_uses_a_descriptor_compaction_closed(
 
 
 def test_a_read_located_before_a_compaction_finds_the_block_where_it_moved(tmp_path: Path) -> None:
-    store = BlockStore(tmp_path / "blocks")
-    store.create()
-    blocks = [_block(100_000) for _ in range(4)]
-    with store.writer() as writer:
-        for cid, data in blocks:
-            writer.put(cid, data)
-        writer.commit()
+    store, blocks = _store_of_four_blocks(tmp_path)
     kept, kept_data = blocks[0]
     located = store.locate([cid for cid, _ in blocks])  # as get_link does, ahead of reading
     where = located[kept]
