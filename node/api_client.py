@@ -56,19 +56,21 @@ class ApiClient:
             raise NoDaemon(f"no daemon runs on {self.repo_path} (start one with 'sealbox daemon')")
         import httpx  # here, not at the top: commands that find no daemon never pay for it
 
-        try:
-            json.dumps(body, ensure_ascii=False).encode("utf-8")  # what httpx does, untrapped
+        try:  # encoded here, once: httpx's own encoding would raise this untrapped
+            content = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             raise ApiError(
                 "a path or name given is not valid UTF-8 (a file name in another encoding?): rename it"
             ) from None
         headers = {"authorization": f"Bearer {self._token() if token is None else token}"}
+        if content is not None:
+            headers["content-type"] = "application/json"
         transport = httpx.HTTPTransport(uds=os.fspath(self.socket))
         limits = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 with httpx.Client(transport=transport, base_url="http://sealbox", timeout=limits) as client:
-                    response = client.request(method, path, json=body, headers=headers)
+                    response = client.request(method, path, content=content, headers=headers)
                 break
             except httpx.ConnectError:
                 raise NoDaemon(
