@@ -1,11 +1,12 @@
 """Getting a link from the network: find providers, fetch the whole tree into the repo, pin it.
 
-The tree is fetched in rounds. Each round walks what the repo holds (``_walk``, in a worker thread) and
-collects the blocks it lacks - a root, node or index blocks, directory listings, data - then fetches them
-from every provider at once (``node/exchange.py``). Metadata needs one round per level of the tree; the
-data of every file comes in the last round, spread over all providers. When nothing is missing, the
-root is pinned with its whole block list (so gc keeps it and the node serves it: it becomes a seed) and
-the output is written by the ordinary local ``get`` (``node/get.py``), which checks everything again.
+The tree is fetched in rounds. Each round walks what the repo holds (``node/tree_walk.py``, in a worker
+thread) and collects the blocks it lacks - a root, node or index blocks, directory listings, data - then
+fetches them from every provider at once (``node/exchange.py``). Metadata needs one round per level of
+the tree; the data of every file comes in the last round, spread over all providers. When nothing is
+missing, the root is pinned with its whole block list (so gc keeps it and the node serves it: it becomes
+a seed) and the output is written by the ordinary local ``get`` (``node/get.py``), which checks
+everything again.
 
 gc may run at any moment meanwhile (in the daemon, or in another process): the fetch holds a lease
 (``node/lease.py``) from start to end, filled with every block each round's walk finds held and every
@@ -18,7 +19,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -30,16 +31,13 @@ from node.exchange import FetchError, FetchStats, fetch_blocks
 from node.host import Peer, connect, new_identity, open_host
 from node.lease import Lease
 from node.repo import Pin, Repo, now
+from node.tree_walk import TreeSummary, walk_tree
 from protocol.cid import cid_to_text
 from protocol.link import ShareLink
-from protocol.manifest import EntryDecoder, Node, open_node
-from protocol.seal import NodeKeys
-from protocol.stream import iter_leaves, open_content
 
 log = logging.getLogger(__name__)
 
 ROUND_LIMIT = 8192  # blocks asked for in one round: bounds memory whatever the tree's size
-MAX_DEPTH = 255
 FIND_TIMEOUT = 30.0
 QUICK_FAILURE = 5.0  # seconds: a fetch round that failed sooner is retried once at once
 
@@ -53,83 +51,13 @@ class FetchReport:
     pinned: bool = False
 
 
-class _Missing(Exception):
-    """Control flow inside the walk (a block the repo lacks); never escapes this module."""
-
-    def __init__(self, cid: bytes) -> None:
-        self.cid = cid
-
-
-@dataclass
-class _Summary:
-    kind: str = "file"
-    size: int = 0
-
-
-def _walk(repo: Repo, link: ShareLink, summary: _Summary) -> Iterator[tuple[bytes, bool]]:
-    """Every block of the tree reachable from what the repo holds, as ``(cid, held)``.
-
-    Below a missing node, index block or listing the walk cannot see, so it yields that block and
-    skips the subtree; the next round goes further. Data blocks are yielded, never read.
-    """
-    blocks = repo.blocks
-
-    def fetch(cid: bytes) -> bytes:
-        try:
-            return blocks.get(cid, verify=False)
-        except NotFoundError:
-            raise _Missing(cid) from None
-
-    def open_node_at(number: int, cid: bytes, root: bool) -> tuple[Node, NodeKeys]:
-        return open_node(link.key, number, cid, fetch(cid), root=root)
-
-    def visit(number: int, cid: bytes, root: bool, depth: int) -> Iterator[tuple[bytes, bool]]:
-        try:
-            node, keys = open_node_at(number, cid, root)
-        except _Missing:
-            yield cid, False
-            return
-        yield cid, True
-        if root:
-            summary.kind = node.kind
-        if depth > MAX_DEPTH:
-            return
-        leaves = []
-        index: list[bytes] = []
-        try:
-            for _position, leaf in iter_leaves(node, keys, fetch, index.append):
-                if node.kind == "file":
-                    yield leaf, blocks.has(leaf)
-                else:
-                    leaves.append(leaf)
-        except _Missing as missing:
-            yield from ((c, True) for c in index)
-            yield missing.cid, False
-            return
-        yield from ((c, True) for c in index)
-        if node.kind == "file":
-            summary.size += node.size
-            return
-        held = [(leaf, blocks.has(leaf)) for leaf in leaves]
-        yield from held
-        if not all(h for _, h in held):
-            return
-        decoder = EntryDecoder()
-        for position, leaf in enumerate(leaves):
-            for entry in decoder.feed(open_content(keys.data, node, position, leaf, fetch(leaf))):
-                yield from visit(entry.number, entry.cid, False, depth + 1)
-        decoder.finish()
-
-    yield from visit(0, link.root, True, 0)
-
-
 def missing_blocks(
     repo: Repo, link: ShareLink, limit: int = ROUND_LIMIT, lease: Lease | None = None
 ) -> list[bytes]:
     """Up to ``limit`` blocks the next round must fetch (empty when the tree is complete). With
     ``lease``, every block found held is leased (gc keeps it until the fetch ends)."""
     out: dict[bytes, None] = {}
-    for cid, held in _walk(repo, link, _Summary()):
+    for cid, held in walk_tree(repo.blocks, link, TreeSummary()):
         if held and lease is not None:
             lease.add((cid,))
         if not held:
@@ -155,14 +83,14 @@ def pin_fetched(repo: Repo, link: ShareLink) -> Pin:
 def _pin_fetched(repo: Repo, link: ShareLink) -> Pin:
     with contextlib.suppress(NotFoundError):
         return repo.read_pin(link.root)
-    summary = _Summary()
+    summary = TreeSummary()
     path = repo.new_block_list()
     count = stored = 0
     seen: set[bytes] = set()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            for cid, held in _walk(repo, link, summary):
+            for cid, held in walk_tree(repo.blocks, link, summary):
                 if not held:
                     raise NotFoundError(f"block {cid_to_text(cid)} is missing: the tree is not complete")
                 if cid in seen:

@@ -27,7 +27,6 @@ from node.blockstore import (
     _SCHEMA,
     FRAME,
     FRAME_MAGIC,
-    LOCATE_BATCH,
     MAX_BLOCK,
     PACK_MAGIC,
     BlockStore,
@@ -44,15 +43,14 @@ from node.repocheck import (
     pin_states,
     summary,
 )
+from node.tree_walk import TreeSummary, walk_tree
 from protocol.cid import cid_to_text
 from protocol.errors import ProtocolError
-from protocol.manifest import EntryDecoder, open_node
-from protocol.stream import iter_leaves, open_content
+from protocol.link import ShareLink
 
 if TYPE_CHECKING:
     from node.repo import Repo
 
-MAX_DEPTH = 255  # directory levels walked, as node/netget.py
 DAEMON_LOCK = "daemon.lock"  # node/daemon.py's LOCK_NAME (that module imports libp2p)
 
 
@@ -281,33 +279,14 @@ def _repair_pin(repo: Repo, state: PinState, report: Report) -> None:
 
 
 def _tree_blocks(store: BlockStore, root: bytes, key: bytes) -> tuple[list[bytes], int]:
-    """Every block of the tree under ``root`` (opened with ``key``) and their total length; NotFoundError
-    if one is not stored, a ProtocolError if one does not open."""
-    seen: dict[bytes, None] = {}
-
-    def fetch(cid: bytes) -> bytes:
-        seen[cid] = None
-        return store.get(cid)
-
-    def visit(number: int, cid: bytes, is_root: bool, depth: int) -> None:
-        node, keys = open_node(key, number, cid, fetch(cid), root=is_root)
-        leaves = [leaf for _position, leaf in iter_leaves(node, keys, fetch)]
-        if node.kind == "file" or depth >= MAX_DEPTH:
-            for leaf in leaves:
-                seen[leaf] = None
-            return
-        decoder = EntryDecoder()
-        for position, leaf in enumerate(leaves):
-            for entry in decoder.feed(open_content(keys.data, node, position, leaf, fetch(leaf))):
-                visit(entry.number, entry.cid, False, depth + 1)
-        decoder.finish()
-
-    visit(0, root, True, 0)
-    cids = list(seen)
-    where = {}
-    for start in range(0, len(cids), LOCATE_BATCH):
-        where.update(store.locate(cids[start : start + LOCATE_BATCH]))
-    absent = [c for c in cids if c not in where]
+    """Every block of the tree under ``root`` (opened with ``key``) and their total length, by the walk a
+    fetch pins with (node/tree_walk.py); RepoError if one is not stored, a ProtocolError if one does
+    not open."""
+    walked: dict[bytes, bool] = {}
+    for cid, held in walk_tree(store, ShareLink(root, key), TreeSummary()):
+        walked.setdefault(cid, held)
+    absent = [cid for cid, held in walked.items() if not held]
     if absent:
         raise RepoError(f"{len(absent)} of its blocks are not stored (e.g. {cid_to_text(absent[0])})")
-    return cids, sum(length for _pack, _offset, length in where.values())
+    where = store.locate(walked)
+    return list(walked), sum(length for _pack, _offset, length in where.values())
