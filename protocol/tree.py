@@ -1,7 +1,7 @@
 """A reference sealer and opener that work on whole trees in memory.
 
-They define the format in the fewest lines and make the test vectors; ``node/add.py`` and
-``node/get.py`` produce and read exactly the same blocks, streaming from and to disk with threads.
+They define the format in the fewest lines and make the test vectors; ``node/files/add.py`` and
+``node/files/get.py`` produce and read exactly the same blocks, streaming from and to disk with threads.
 Node numbers are given in pre-order: the root is 0, then each directory's entries in UTF-8 name order,
 every subtree numbered before the next sibling.
 """

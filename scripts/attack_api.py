@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "node.cli"]
+CLI = [sys.executable, "-m", "node.cli.main"]
 
 
 def start_daemon(repo: Path, home: Path) -> subprocess.Popen[bytes]:

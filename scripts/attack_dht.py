@@ -24,8 +24,8 @@ from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 from multiaddr import Multiaddr
 
-from node.dht import Dht, open_dht
-from node.host import connect, listen_addrs, new_identity, open_host
+from node.net.dht import Dht, open_dht
+from node.net.host import connect, listen_addrs, new_identity, open_host
 
 
 def rss_mib() -> float:

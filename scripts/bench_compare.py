@@ -83,11 +83,11 @@ from _repo_venv import reexec_in_venv  # noqa: E402 - standard library only
 
 sys.path.insert(0, str(ROOT))
 
-# standard library only (and node.fsutil), so they import before the re-exec
+# standard library only (and node.store.fsutil), so they import before the re-exec
 import bench_testnet as bt  # noqa: E402
 from bt_tracker import Tracker  # noqa: E402
 
-from node.fsutil import FileWatch  # noqa: E402
+from node.store.fsutil import FileWatch  # noqa: E402
 
 MB = 1e6
 MIB = 1 << 20

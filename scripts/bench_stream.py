@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: one libp2p stream (Noise + yamux, configured by node/host.py) between two processes.
+"""Benchmark: one libp2p stream (Noise + yamux, configured by node/net/host.py) between two processes.
 
 The raw baseline the transfer benchmark compares with: no block protocol, no disk, no crypto of ours.
 This process listens on loopback; a second process (this script with ``--send``, started with
@@ -33,8 +33,8 @@ from libp2p.network.stream.exceptions import StreamEOF
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from node.alloc import keep_freed_buffers  # noqa: E402
-from node.host import connect, listen_addrs, new_identity, open_host, open_stream, set_handler  # noqa: E402
+from node.files.alloc import keep_freed_buffers  # noqa: E402
+from node.net.host import connect, listen_addrs, new_identity, open_host, open_stream, set_handler  # noqa: E402
 
 PROTOCOL = "/sealbox/bench-stream/1"
 MB = 1e6

@@ -51,7 +51,7 @@ from _repo_venv import VENV, reexec_in_venv  # noqa: E402 - standard library onl
 
 sys.path.insert(0, str(ROOT))
 
-from node.fsutil import FileWatch  # noqa: E402 - standard library only, so it imports before the re-exec
+from node.store.fsutil import FileWatch  # noqa: E402 - standard library only, so it imports before the re-exec
 
 MB = 1e6
 MIB = 1 << 20

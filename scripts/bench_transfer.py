@@ -2,7 +2,7 @@
 """Benchmark: the block exchange between separate OS processes on loopback, against a raw stream.
 
 A SIZE random file is added to one repo and copied to PROVIDERS repos; each provider is a process of its
-own serving ``/sealbox/blocks/1.0.0`` (node/exchange.py) from its repo; a fetcher process connects to
+own serving ``/sealbox/blocks/1.0.0`` (node/net/exchange.py) from its repo; a fetcher process connects to
 them and fetches every block into an empty repo, RUNS times (a fresh repo each time, the same
 providers: the first fetch also pays for the providers' warm-up). Printed, as medians: MB/s from the
 fetcher's first dial to the last block stored (1 MB = 10^6 bytes), bytes received / file size, the
@@ -11,7 +11,8 @@ fetch), and the ratio to a single raw noise+yamux libp2p stream between two proc
 same run (scripts/bench_stream.py).
 
 Providers and fetcher are this script in a serving or fetching mode, driving the modules the daemon
-uses (node/exchange.py over node/host.py) without the DHT: the fetcher is given the providers' addresses.
+uses (node/net/exchange.py over node/net/host.py) without the DHT: the fetcher is given the
+providers' addresses.
 
     scripts/bench_transfer.py [--size 256MiB] [--providers 1 --providers 4] [--runs 3] [--json FILE]
 
@@ -38,11 +39,11 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from node.add import add_path  # noqa: E402
-from node.alloc import keep_freed_buffers  # noqa: E402
-from node.exchange import BlockServer, fetch_blocks  # noqa: E402
-from node.host import connect, listen_addrs, new_identity, open_host  # noqa: E402
-from node.repo import Repo  # noqa: E402
+from node.files.add import add_path  # noqa: E402
+from node.files.alloc import keep_freed_buffers  # noqa: E402
+from node.net.exchange import BlockServer, fetch_blocks  # noqa: E402
+from node.net.host import connect, listen_addrs, new_identity, open_host  # noqa: E402
+from node.store.repo import Repo  # noqa: E402
 from protocol.cid import CID_LEN  # noqa: E402
 
 MB = 1e6

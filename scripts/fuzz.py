@@ -14,7 +14,7 @@ values (no real key, link, name or path), so a reproducer holds nothing secret.
     scripts/fuzz.py -n 100000 --targets node,pins --crashes /tmp/crashes
     scripts/fuzz.py --replay /tmp/crashes/node-TypeError-0123abcd.bin
 
-Exits 1 if any crash was found. ``tests/test_fuzz.py`` runs the same targets and mutations, a few
+Exits 1 if any crash was found. ``tests/protocol/test_fuzz.py`` runs the same targets and mutations, a few
 hundred inputs each, under hypothesis.
 """
 
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from node.errors import NodeError  # noqa: E402
-from node.repo import Pin, Repo  # noqa: E402
+from node.store.repo import Pin, Repo  # noqa: E402
 from protocol.cid import cid_from_text, cid_of, cid_to_text  # noqa: E402
 from protocol.errors import ProtocolError  # noqa: E402
 from protocol.link import ShareLink, format_link, parse_link  # noqa: E402

@@ -18,7 +18,7 @@ at 30% churn.
 What runs: the library's own DHT code and ours, minus the network
 -----------------------------------------------------------------
 Every node is a real py-libp2p 0.8.1 ``KadDHT`` (its ``RoutingTable`` of ``KBucket``s, ``PeerRouting``,
-``ProviderStore``) wrapped in our own ``node.dht.Dht``. Announcing is ``Dht.provide`` (the library's
+``ProviderStore``) wrapped in our own ``node.net.dht.Dht``. Announcing is ``Dht.provide`` (the library's
 ``ProviderStore.provide``: an iterative lookup, then ADD_PROVIDER to the 20 closest peers found); finding
 is ``Dht.find_providers``: our scratch-store ``_Collector`` walks towards the key asking GET_PROVIDERS
 from the first round (``_Collector._walk``: ALPHA = 10 queries per round to the closest peers not yet
@@ -37,7 +37,7 @@ which the library exempts).
 
 Replaced: only what touches the network. Five methods that open a libp2p stream are swapped for in-memory
 versions that follow the real code line by line, minus protobuf and signed-record checks:
-``node.dht._Collector._ask_providers`` (our GET_PROVIDERS: providers, and closer peers whose addresses go
+``node.net.dht._Collector._ask_providers`` (our GET_PROVIDERS: providers, and closer peers whose addresses go
 into the peerstore), ``PeerRouting._query_peer_for_closest`` (FIND_NODE; the library's
 ``move_on_after(QUERY_TIMEOUT)`` around it, adding the peer to the table before the query and removing it
 when the dial fails, adding every returned peer with addresses to the peerstore and the table),
@@ -65,7 +65,7 @@ on any difference.
 
 Time is virtual (trio's ``MockClock``, autojump): an RPC to a live node takes ``--rtt`` x U(0.5, 1.5)
 seconds; a vanished node never answers, so the query timeout ends the query (the library's
-``QUERY_TIMEOUT``, 10 s, which ``node/dht.py`` sets to ``DHT_QUERY_TIMEOUT`` = 3 s)
+``QUERY_TIMEOUT``, 10 s, which ``node/net/dht.py`` sets to ``DHT_QUERY_TIMEOUT`` = 3 s)
 and the peer stays in the routing table, since the library drops a peer only when its dial fails
 (``--dead refused``: the dial fails after one rtt instead, and the peer is dropped). A round waits for
 all its queries, so one vanished peer in a round costs the whole round that timeout. Lookups run one after
@@ -151,7 +151,7 @@ from trio.testing import MockClock  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
-from node.dht import (  # noqa: E402
+from node.net.dht import (  # noqa: E402
     BOOTSTRAP_LOOKUP_TIMEOUT,
     DHT_QUERY_TIMEOUT,
     FIND_GRACE,
@@ -162,7 +162,7 @@ from node.dht import (  # noqa: E402
     _Collector,
     provider_key,
 )
-from node.errors import NetworkError  # noqa: E402
+from node.net.errors import NetworkError  # noqa: E402
 
 FIND_NODE = "FIND_NODE"
 GET_PROVIDERS = "GET_PROVIDERS"
@@ -523,7 +523,7 @@ def _answered(peer_id: ID, closer: list[ID], providers: list[PeerInfo]) -> None:
 
 
 async def _sim_ask_providers(self: _Collector, peer_id: ID) -> list[ID]:
-    """``node.dht._Collector._ask_providers`` (GET_PROVIDERS, closer peers' addresses kept) in memory."""
+    """``node.net.dht._Collector._ask_providers`` (GET_PROVIDERS, closer peers' addresses kept) in memory."""
     host = _sim_host(self.host)
     got = await _sim_get_providers(host, peer_id, self.key)
     if got is None:
@@ -645,7 +645,7 @@ def install(query_timeout: float) -> None:
     """Swap the library's network I/O and its hot pure functions for the in-memory ones (this process)."""
     global _query_timeout
     _query_timeout = query_timeout
-    setattr(provider_store_module, "QUERY_TIMEOUT", query_timeout)  # noqa: B010 - as node/dht.py does
+    setattr(provider_store_module, "QUERY_TIMEOUT", query_timeout)  # noqa: B010 - as node/net/dht.py does
     setattr(KBucket, "__init__", _kbucket_init)  # noqa: B010
     setattr(ProviderStore, "_get_providers_from_peer_with_closers", _sim_get_providers_from_peer_with_closers)  # noqa: B010
     setattr(ProviderStore, "_send_add_provider", _sim_send_add_provider)  # noqa: B010
@@ -1118,7 +1118,7 @@ def markdown(report: dict[str, Any]) -> str:
     sizes = " and ".join(f"{n['nodes']:,}" for n in report["networks"])
     intro = (
         "`scripts/sim_dht.py` runs the DHT we run (py-libp2p's `KadDHT`, routing tables and lookups, in our "
-        f"`node.dht.Dht`) on {sizes} simulated nodes in one process, over an in-memory transport with "
+        f"`node.net.dht.Dht`) on {sizes} simulated nodes in one process, over an in-memory transport with "
         f"virtual time (an RPC takes {0.5 * p['rtt_s']:g}-{1.5 * p['rtt_s']:g} s; a vanished node never "
         f"answers, and a query gives up after {p['query_timeout_s']:g} s). Each node joins through an "
         f"earlier one; then {'-'.join(str(c) for c in (min(p['churn_percent']), max(p['churn_percent'])))}% "
@@ -1286,7 +1286,7 @@ def main() -> int:
     print(
         f"library: k={BUCKET_SIZE}, ALPHA={ALPHA}, BETA={BETA}, at most {MAX_PEER_LOOKUP_ROUNDS} rounds,"
         f" QUERY_TIMEOUT {args.query_timeout:g} s, at most {MAXIMUM_BUCKETS} buckets, peerstore cap"
-        f" {args.peerstore_cap or 'none'}; node/dht.py: find deadline {args.find_timeout:g} s,"
+        f" {args.peerstore_cap or 'none'}; node/net/dht.py: find deadline {args.find_timeout:g} s,"
         f" grace {FIND_GRACE:.0f} s, limit {FIND_LIMIT}"
     )
     print(

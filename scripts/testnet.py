@@ -41,12 +41,12 @@ from _repo_venv import VENV, reexec_in_venv  # noqa: E402 - standard library onl
 
 sys.path.insert(0, str(ROOT))
 
-from node.fsutil import FileWatch  # noqa: E402 - standard library only, so it imports before the re-exec
+from node.store.fsutil import FileWatch  # noqa: E402 - standard library only, so it imports before the re-exec
 
 LISTEN = "/ip4/127.0.0.1/tcp/0"
 STATE_NAME = "testnet.json"
 LOG_NAME = "daemon.log"
-LOCK_NAME = "daemon.lock"  # node/daemon.py: flocked by the daemon for its life, holds its pid
+LOCK_NAME = "daemon.lock"  # node/daemon/main.py: flocked by the daemon for its life, holds its pid
 READY_TIMEOUT = 30.0  # seconds for a daemon to log "ready" and, when it bootstraps, "bootstrap: reached"
 STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL (the daemon's own close is bounded by 5 s)
 CLI_TIMEOUT = 30.0
@@ -384,7 +384,7 @@ NOT_JOINED = re.compile(r"bootstrap: reached 0 of")
 def _launch(node: NodeRecord, bootstrap: str | None) -> Watch:
     """Start ``node``'s daemon detached, its stderr appended to its log; returns what to wait for."""
     from node.errors import NodeError
-    from node.repo import Repo
+    from node.store.repo import Repo
 
     repo = Path(node.repo)
     try:

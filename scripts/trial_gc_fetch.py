@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from node.api_client import ApiClient
+from node.daemon.api_client import ApiClient
 from node.errors import NodeError
 
 SEALBOX = os.environ.get("SEALBOX_BIN", str(Path(sys.executable).with_name("sealbox")))

@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 from libp2p.abc import INetStream  # noqa: E402
 from libp2p.exceptions import BaseLibp2pError  # noqa: E402
 
-from node.errors import NetworkError  # noqa: E402
-from node.host import connect, new_identity, open_host, open_stream  # noqa: E402
-from node.repo import Repo  # noqa: E402
+from node.net.errors import NetworkError  # noqa: E402
+from node.net.host import connect, new_identity, open_host, open_stream  # noqa: E402
+from node.store.repo import Repo  # noqa: E402
 from protocol.cid import cid_of  # noqa: E402
 from protocol.messages import PROTOCOL_ID, Want, encode_message  # noqa: E402
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from node.repo import Repo
+from node.store.repo import Repo
 from tests.helpers import SEALBOX, RunCli
 
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import pytest
 
-from node.repo import Repo
+from node.store.repo import Repo
 from protocol.cid import cid_of
 from protocol.manifest import Node, encode_node
 from protocol.seal import NodeKeys
@@ -90,7 +90,7 @@ def listing(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-# -- hand-built trees: seal exactly what a test says, bypassing node/add.py's checks ----------------------
+# -- hand-built trees: seal exactly what a test says, bypassing node/files/add.py's checks -------------------
 
 
 def put_node(repo: Repo, keys: NodeKeys, node: Node) -> bytes:

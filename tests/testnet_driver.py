@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.fsutil import FileWatch
+from node.store.fsutil import FileWatch
 from tests.helpers import SEALBOX
 
 ROOT = Path(__file__).resolve().parent.parent

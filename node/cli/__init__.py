@@ -1,0 +1,1 @@
+"""The ``sealbox`` command line: argument parsing, the commands, output and secret input."""

@@ -1,0 +1,295 @@
+"""Getting a link from the network: find providers, fetch the whole tree into the repo, pin it.
+
+The tree is fetched in rounds. Each round walks what the repo holds (``node/store/tree_walk.py``, in a worker
+thread) and collects the blocks it lacks - a root, node or index blocks, directory listings, data - then
+fetches them from every provider at once (``node/net/exchange.py``). Metadata needs one round per level of
+the tree; the data of every file comes in the last round, spread over all providers. When nothing is
+missing, the root is pinned with its whole block list (so gc keeps it and the node serves it: it becomes
+a seed) and the output is written by the ordinary local ``get`` (``node/files/get.py``), which checks
+everything again.
+
+gc may run at any moment meanwhile (in the daemon, or in another process): the fetch holds a lease
+(``node/store/lease.py``) from start to end, filled with every block each round's walk finds held and every
+block its writer sessions store, and pins under the repo's shared lock, after reading back every block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+from libp2p.abc import IHost
+
+from node.errors import NodeError
+from node.net.dht import Dht, open_dht
+from node.net.errors import NetworkError
+from node.net.exchange import FetchError, FetchStats, fetch_blocks
+from node.net.host import Peer, connect, new_identity, open_host
+from node.store.errors import NotFoundError
+from node.store.lease import Lease
+from node.store.repo import Pin, Repo, now
+from node.store.tree_walk import TreeSummary, walk_tree
+from protocol.cid import cid_to_text
+from protocol.link import ShareLink
+
+log = logging.getLogger(__name__)
+
+ROUND_LIMIT = 8192  # blocks asked for in one round: bounds memory whatever the tree's size
+FIND_TIMEOUT = 30.0
+QUICK_FAILURE = 5.0  # seconds: a fetch round that failed sooner is retried once at once
+
+
+@dataclass
+class FetchReport:
+    root: bytes
+    providers: int
+    rounds: int = 0
+    stats: FetchStats | None = None
+    pinned: bool = False
+
+
+def missing_blocks(
+    repo: Repo, link: ShareLink, limit: int = ROUND_LIMIT, lease: Lease | None = None
+) -> list[bytes]:
+    """Up to ``limit`` blocks the next round must fetch (empty when the tree is complete). With
+    ``lease``, every block found held is leased (gc keeps it until the fetch ends)."""
+    out: dict[bytes, None] = {}
+    for cid, held in walk_tree(repo.blocks, link, TreeSummary()):
+        if held and lease is not None:
+            lease.add((cid,))
+        if not held:
+            out[cid] = None
+            if len(out) >= limit:
+                break
+    if lease is not None:  # written out now, not at the next commit: a gc from here on keeps them
+        lease.flush()
+    return list(out)
+
+
+def pin_fetched(repo: Repo, link: ShareLink) -> Pin:
+    """Pin a complete tree with its block list, so gc keeps it and the node serves and announces it.
+
+    A root pinned already (added here, or fetched before) keeps its pin as it is. Under the repo's
+    shared lock (no gc meanwhile), and only once every block has been read back from a pack that
+    still exists and found to hash to its CID: an index row alone is not enough (NotFoundError).
+    """
+    with repo.lock():
+        return _pin_fetched(repo, link)
+
+
+def _pin_fetched(repo: Repo, link: ShareLink) -> Pin:
+    with contextlib.suppress(NotFoundError):
+        return repo.read_pin(link.root)
+    summary = TreeSummary()
+    path = repo.new_block_list()
+    count = stored = 0
+    seen: set[bytes] = set()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            for cid, held in walk_tree(repo.blocks, link, summary):
+                if not held:
+                    raise NotFoundError(f"block {cid_to_text(cid)} is missing: the tree is not complete")
+                if cid in seen:
+                    continue
+                seen.add(cid)
+                f.write(cid)
+                count += 1
+                stored += len(repo.blocks.read_back(cid))
+            f.flush()
+            os.fsync(f.fileno())
+        pin = Pin(link.root, summary.kind, summary.size, count, stored, now(), link.name)
+        repo.write_pin(pin, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise
+    return pin
+
+
+async def fetch_link(
+    host: IHost,
+    dht: Dht | None,
+    repo: Repo,
+    link: ShareLink,
+    *,
+    announce: bool = True,
+    pin: bool = True,
+    find_timeout: float = FIND_TIMEOUT,
+    on_bytes: Callable[[int], None] | None = None,
+) -> FetchReport:
+    """Make every block of ``link``'s tree present in ``repo`` and, with ``pin``, pin it.
+
+    ``on_bytes(n)``, if given, is called as each block of ``n`` bytes is stored (for a progress bar).
+
+    Providers come from the link's peer hints (dialed first) and the DHT. With ``announce``, the node
+    announces the root in the background as soon as it starts (it serves what it holds while
+    fetching, like a BitTorrent peer). Without ``pin`` the blocks stay unpinned: gc may remove them
+    and the reprovider does not announce them (``get --no-seed``).
+    """
+    with repo.lease() as lease:
+        return await _fetch_leased(host, dht, repo, link, lease, announce, pin, find_timeout, on_bytes)
+
+
+async def _fetch_leased(
+    host: IHost,
+    dht: Dht | None,
+    repo: Repo,
+    link: ShareLink,
+    lease: Lease,
+    announce: bool,
+    pin: bool,
+    find_timeout: float,
+    on_bytes: Callable[[int], None] | None,
+) -> FetchReport:
+    if not await trio.to_thread.run_sync(missing_blocks, repo, link, 1, lease):
+        if pin:
+            await trio.to_thread.run_sync(pin_fetched, repo, link)
+        return FetchReport(link.root, 0, pinned=pin)
+    failure: NodeError | OSError | None = None
+    async with trio.open_nursery() as nursery:
+        if dht is not None and announce:
+            # announced at once, in the background: a slow or unreachable DHT peer must not hold up the
+            # fetch; once the fetch is over the caller announces the pinned root again (see control.py)
+            nursery.start_soon(_announce_early, dht, link.root)
+        try:
+            report = await _fetch(
+                host, dht, repo, link, lease, pin=pin, find_timeout=find_timeout, on_bytes=on_bytes
+            )
+        except (NodeError, OSError) as exc:  # raised below, once the nursery has closed (no exception group)
+            failure = exc
+        nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return report
+
+
+async def _announce_early(dht: Dht, root: bytes) -> None:
+    try:
+        await dht.provide(root)
+    except NetworkError as exc:
+        log.info("announcing a root being fetched: %s", exc)
+
+
+async def _fetch(
+    host: IHost,
+    dht: Dht | None,
+    repo: Repo,
+    link: ShareLink,
+    lease: Lease,
+    *,
+    pin: bool,
+    find_timeout: float,
+    on_bytes: Callable[[int], None] | None,
+) -> FetchReport:
+    on_block = None if on_bytes is None else lambda _cid, _peer, size: on_bytes(size)
+    peers: dict[str, None] = {}
+    for hint in link.peers:
+        try:
+            peers[await connect(host, hint)] = None
+        except NetworkError as exc:
+            log.info("peer hint unreachable: %s", exc)
+    if not peers and dht is not None and dht.routing_table_size() == 0 and not host.get_connected_peers():
+        # a DHT lookup would have no one to ask: say so now, not after its whole deadline
+        raise FetchError(
+            "this node is connected to no peer"
+            + (" (the link's peer hints did not answer)" if link.peers else " and the link has no peer hints")
+            + ": give it a bootstrap peer (--bootstrap MULTIADDR, or 'bootstrap' in the repo's config.toml)"
+        )
+    await _discover(host, dht, link, peers, find_timeout)
+    if not peers:
+        raise FetchError(
+            "no providers found: no reachable peer has announced this link,"
+            " and it carries no reachable peer address"
+        )
+    report = FetchReport(link.root, len(peers))
+    total = FetchStats()
+    quick_retry = True
+    missing = await trio.to_thread.run_sync(missing_blocks, repo, link, ROUND_LIMIT, lease)
+    while missing:
+        report.rounds += 1
+        started = trio.current_time()
+        random.shuffle(missing)  # downloaders of the same file hold different blocks, to swap them
+
+        async def more() -> list[str]:
+            await _discover(host, dht, link, peers, find_timeout)
+            return list(peers)
+
+        try:
+            stats = await fetch_blocks(
+                host, repo.blocks, list(peers), missing, discover=more, on_block=on_block, lease=lease
+            )
+        except FetchError as exc:
+            if exc.stats is not None:
+                total.add(exc.stats)
+            # Other fetchers of the same root may hold more by now, and a provider may have failed
+            # for a moment: go on while a round makes progress or the DHT names new providers, and
+            # retry once at once after a failure that came fast (a refused or broken stream).
+            left = await trio.to_thread.run_sync(missing_blocks, repo, link, ROUND_LIMIT, lease)
+            known = len(peers)
+            await _discover(host, dht, link, peers, find_timeout)
+            quick = quick_retry and trio.current_time() - started < QUICK_FAILURE
+            if len(left) >= len(missing) and len(peers) == known and not quick:
+                raise
+            quick_retry = quick_retry and not quick
+            log.info("fetch: retrying with %d provider(s), %d block(s) left", len(peers), len(left))
+            report.providers = len(peers)
+            missing = left
+            continue
+        total.add(stats)
+        missing = await trio.to_thread.run_sync(missing_blocks, repo, link, ROUND_LIMIT, lease)
+    report.stats = total
+    report.providers = len(peers)  # those found during the fetch included
+    if pin:
+        await trio.to_thread.run_sync(pin_fetched, repo, link)
+        report.pinned = True
+    return report
+
+
+async def _discover(
+    host: IHost, dht: Dht | None, link: ShareLink, peers: dict[str, None], find_timeout: float
+) -> None:
+    """Add the providers the DHT knows for ``link``'s root to ``peers`` (those that can be reached)."""
+    if dht is None:
+        return
+    found: list[Peer] = await dht.find_providers(link.root, timeout=find_timeout)
+    for provider in found:
+        if provider.peer_id in peers:
+            continue
+        try:
+            peers[await connect(host, provider)] = None
+        except NetworkError as exc:
+            log.info("provider unreachable: %s", exc)
+
+
+def get_from_network(
+    repo: Repo,
+    link: ShareLink,
+    *,
+    bootstrap: Sequence[str] = (),
+    pin: bool = True,
+    on_bytes: Callable[[int], None] | None = None,
+) -> FetchReport:
+    """Fetch ``link`` into ``repo`` with a temporary node (no daemon runs): a host on loopback with a
+    fresh identity, the DHT bootstrapped from ``bootstrap``, the link's peer hints. It does not announce
+    (it will not stay up to serve). Then ``node.files.get.get_link`` writes the output from the repo."""
+
+    async def run() -> FetchReport:
+        async with open_host(new_identity()) as host, open_dht(host) as dht:
+            routing: Dht | None = dht
+            if bootstrap and not await dht.bootstrap(bootstrap):
+                # nobody to ask through the DHT: say so now, not after a lookup's whole deadline
+                if not link.peers:
+                    raise FetchError(
+                        f"no peer to ask for this link: none of the {len(bootstrap)} bootstrap peer(s)"
+                        " answered, and the link has no peer hints"
+                    )
+                routing = None  # the link's peer hints alone
+            return await fetch_link(host, routing, repo, link, announce=False, pin=pin, on_bytes=on_bytes)
+
+    return trio.run(run)

@@ -1,0 +1,174 @@
+"""Getting a link over the network: real hosts and DHT nodes on 127.0.0.1 (port 0), in this process."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+
+from node.files.add import add_path
+from node.files.get import get_link
+from node.net.dht import Dht, open_dht
+from node.net.exchange import BlockServer, FetchError
+from node.net.host import listen_addrs, new_identity, open_host
+from node.net.netget import fetch_link, get_from_network
+from node.store.repo import Repo
+from protocol.cid import cid_of
+from protocol.link import ShareLink
+from protocol.seal import new_key
+
+if TYPE_CHECKING:
+    # trio-typing (a py-libp2p dependency) installs trio-stubs, which mypy reads instead of trio's own
+    from trio_typing import TaskStatus
+
+
+@dataclass
+class Peer:
+    dht: Dht
+    repo: Repo
+    server: BlockServer
+    stop: trio.Event
+    stopped: trio.Event
+
+    @property
+    def addr(self) -> str:
+        return listen_addrs(self.dht.host)[0]
+
+
+async def run_peer(path: Path, stop: trio.Event, *, task_status: TaskStatus[Peer]) -> None:
+    repo = Repo.open(path)
+    stopped = trio.Event()
+    try:
+        async with open_host(new_identity()) as host, open_dht(host) as dht:
+            server = BlockServer(repo.blocks)
+            server.install(host)
+            task_status.started(Peer(dht, repo, server, stop, stopped))
+            await stop.wait()
+    finally:
+        repo.close()
+        stopped.set()
+
+
+@asynccontextmanager
+async def swarm(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[Peer]]]:
+    """A factory of full nodes (host, DHT, block server, repo), each in a task of its own; the first is
+    everyone's bootstrap peer."""
+    peers: list[Peer] = []
+    async with trio.open_nursery() as nursery:
+
+        async def new_peer() -> Peer:
+            peer: Peer = await nursery.start(run_peer, tmp_path / f"node-{len(peers)}", trio.Event())
+            if peers:
+                assert await peer.dht.bootstrap([peers[0].addr]) == 1
+            peers.append(peer)
+            return peer
+
+        try:
+            yield new_peer
+        finally:
+            for peer in peers:
+                peer.stop.set()
+
+
+def make_tree(root: Path) -> Path:
+    (root / "docs" / "deep").mkdir(parents=True)
+    (root / "docs" / "a.txt").write_text("alpha\n")
+    (root / "docs" / "deep" / "big.bin").write_bytes(os.urandom(700_000))
+    (root / "docs" / "deep" / "empty").write_bytes(b"")
+    (root / "docs" / "run.sh").write_text("#!/bin/sh\n")
+    (root / "docs" / "run.sh").chmod(0o755)
+    return root / "docs"
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    def listing(p: Path) -> dict[str, tuple[bytes, bool]]:
+        return {
+            str(f.relative_to(p)): (f.read_bytes() if f.is_file() else b"/", bool(f.stat().st_mode & 0o100))
+            for f in sorted(p.rglob("*"))
+        }
+
+    return listing(a) == listing(b)
+
+
+async def test_a_folder_added_on_one_node_is_got_on_another_through_the_dht_only(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with swarm(tmp_path) as new_peer:
+            nodes = [await new_peer() for _ in range(5)]
+            source = make_tree(tmp_path)
+            link = add_path(nodes[1].repo, source, chunk_size=16 * 1024).link
+            assert await nodes[1].dht.provide(link.root)
+            stored: list[int] = []
+            report = await fetch_link(
+                nodes[4].dht.host, nodes[4].dht, nodes[4].repo, link, on_bytes=stored.append
+            )
+            assert report.pinned and report.providers >= 1 and report.rounds >= 3
+            assert report.stats is not None and report.stats.blocks > 40
+            assert len(stored) == report.stats.blocks and sum(stored) == report.stats.bytes
+            out = get_link(nodes[4].repo, link, tmp_path / "out")
+            assert same_tree(source, out.path)
+            # the fetcher is now a seed: with the uploader gone, a third node still gets the folder
+            nodes[1].stop.set()
+            await nodes[1].stopped.wait()
+            again = await fetch_link(nodes[3].dht.host, nodes[3].dht, nodes[3].repo, link)
+            assert again.stats is not None
+            assert set(again.stats.received_from) == {nodes[4].dht.host.get_id().to_base58()}
+            assert same_tree(source, get_link(nodes[3].repo, link, tmp_path / "out3").path)
+
+
+async def test_a_link_nobody_provides_fails_clearly_in_bounded_time(tmp_path: Path) -> None:
+    async with swarm(tmp_path) as new_peer:
+        nodes = [await new_peer() for _ in range(3)]
+        link = ShareLink(cid_of(b"never added"), new_key())
+        # the default lookup deadline is 30 s: only find_timeout ends the fetch before this bound
+        with trio.fail_after(25), pytest.raises(FetchError, match="no providers found"):
+            await fetch_link(nodes[2].dht.host, nodes[2].dht, nodes[2].repo, link, find_timeout=5)
+
+
+async def test_a_node_with_no_peer_and_a_link_without_hints_says_so_at_once(tmp_path: Path) -> None:
+    async with swarm(tmp_path) as new_peer:
+        lone = await new_peer()  # the first node: it has no bootstrap peer
+        link = ShareLink(cid_of(b"never added"), new_key())
+        with trio.fail_after(5), pytest.raises(FetchError, match="connected to no peer and the link has no"):
+            await fetch_link(lone.dht.host, lone.dht, lone.repo, link)  # default: a 30 s lookup
+
+
+async def test_peer_hints_in_the_link_connect_nodes_that_share_no_bootstrap(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with swarm(tmp_path / "a") as first, swarm(tmp_path / "b") as second:
+            uploader = await first()
+            source = tmp_path / "hello.txt"
+            source.write_bytes(os.urandom(100_000))
+            added = add_path(uploader.repo, source).link
+            link = ShareLink(added.root, added.key, peers=(uploader.addr,))
+            fetcher = await second()  # a network of its own: only the hint joins them
+            await fetch_link(fetcher.dht.host, None, fetcher.repo, link)
+            out = get_link(fetcher.repo, link, tmp_path / "copy.txt")
+            assert out.path.read_bytes() == source.read_bytes()
+
+
+async def test_a_temporary_node_gets_a_link_with_only_a_bootstrap_address(tmp_path: Path) -> None:
+    """What `sealbox get` does without a daemon: a temporary node, one bootstrap address, the link."""
+    source = tmp_path / "file.bin"
+    source.write_bytes(os.urandom(300_000))
+    with trio.fail_after(60):
+        async with swarm(tmp_path / "up") as new_peer:
+            node = await new_peer()
+            link = add_path(node.repo, source).link
+            await node.dht.provide(link.root)  # no other DHT node yet: it can only keep the record itself
+            temp = Repo.open(tmp_path / "temp")
+            try:
+                # get_from_network runs its own event loop, as the CLI does: give it a thread
+                fetch = functools.partial(get_from_network, temp, link, bootstrap=[node.addr])
+                report = await trio.to_thread.run_sync(fetch)
+                assert report.pinned
+                out = get_link(temp, link, tmp_path / "got.bin")
+            finally:
+                temp.close()
+    assert out.path.read_bytes() == source.read_bytes()
