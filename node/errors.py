@@ -6,3 +6,15 @@ the user, and never hold a key or a link."""
 
 class NodeError(Exception):
     """Root of every error raised by ``node/``."""
+
+
+def single_exception(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups (``exc`` itself otherwise).
+
+    trio's nurseries (and the library services built on them: py-libp2p's host and DHT, the daemon's
+    root nursery) wrap whatever crosses them, a body's own exceptions included; a caller unwraps the
+    one that is really there so it comes out as itself, not as a group."""
+    inner = exc
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    return inner if not isinstance(inner, BaseExceptionGroup) else exc

@@ -11,7 +11,7 @@ same machine from one hour to the next) differ, so compare ratios.
 
     scripts/bench_stream.py [--size 256MiB] [--write 256KiB] [--read 1MiB] [--runs 3] [--json FILE]
 
-shared/guides/py-libp2p-notes.md measured ~205-215 MB/s for this path, raw TCP ~2,900 MB/s (ratio 0.075).
+docs/py-libp2p.md ("Speeds") records ~205-215 MB/s for this path, raw TCP ~2,900 MB/s (ratio 0.075).
 """
 
 from __future__ import annotations

@@ -30,9 +30,10 @@ from node.daemon.config import Config, load_config
 from node.daemon.control import Control, NodeState
 from node.daemon.errors import DaemonError
 from node.daemon.taskdump import serve_task_dumps
+from node.errors import single_exception
 from node.net.dht import Dht, open_dht, serve_reprovider
 from node.net.exchange import BlockServer
-from node.net.host import listen_addrs, open_host, single_exception
+from node.net.host import listen_addrs, open_host
 from node.net.identity import load_or_create_identity
 from node.store.repo import Repo
 

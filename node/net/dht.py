@@ -16,7 +16,7 @@ announcements per lifetime, so a record survives a missed round or a day offline
 schedule: the library would also republish every key it ever announced (10 min after start, then every
 22 h, even roots no longer shared), so ``provide`` takes the key out of the library's own list.
 
-Workarounds for the library's known defects (shared/guides/py-libp2p-notes.md):
+Workarounds for the library's known defects (docs/py-libp2p.md, "DHT"):
 
 - The DHT must exist before the host connects to anyone: a peer is added to the routing table only if
   its Identify lists ``/ipfs/kad/1.0.0``, and Identify runs once, right after connecting. ``open_dht``
@@ -31,7 +31,8 @@ Workarounds for the library's known defects (shared/guides/py-libp2p-notes.md):
   records, removes duplicates and the local peer, and keeps what it found so far when its deadline
   strikes. (The library's lookup otherwise ends only when it runs out of peers to ask.)
 - The inbound handler logs a warning for every request because ``stream.read()`` raises ``StreamEOF`` at
-  the normal end of a stream: a logging filter drops exactly that record.
+  the normal end of a stream: a logging filter drops exactly that record (a patch:
+  ``node/net/libp2p_patches/kad_dht.py``).
 - ADD_PROVIDER is fire-and-forget (no answer, as in kubo): an announcement is "sent", not "stored". And
   contrary to the notes, 0.8.1 does rate-limit it: a DHT server takes at most 10 per 10 s from one peer
   and silently drops the rest (measured: 14 quick provides, 10 stored). ``Dht.provide`` therefore
@@ -40,9 +41,8 @@ Workarounds for the library's known defects (shared/guides/py-libp2p-notes.md):
 - Each round of the library's iterative lookup sends ALPHA = 10 queries and waits for all of them, each
   bounded by ``QUERY_TIMEOUT`` = 10 s: one vanished peer in a round costs the round 10 s, so with 30%
   of nodes gone a lookup in 10,000 nodes outlived our 30 s find deadline 92% of the time
-  (``scripts/sim_dht.py``). ``QUERY_TIMEOUT`` is imported by name into three library modules; we set it
-  to ``DHT_QUERY_TIMEOUT`` = 3 s in each (a DHT peer that has not answered a small query in 3 s is gone
-  or overloaded); with it, every simulated lookup succeeds at 10-50% churn.
+  (``scripts/sim_dht.py``). The library's ``QUERY_TIMEOUT`` is set to ``DHT_QUERY_TIMEOUT`` = 3 s (a
+  patch: ``node/net/libp2p_patches/kad_dht.py``); with it, every simulated lookup succeeds at 10-50% churn.
 - The library's provider lookup first completes a whole FIND_NODE lookup and only then asks
   GET_PROVIDERS, because its GET_PROVIDERS client drops the addresses of the closer peers an answer
   names: 5 rounds to a record at 10,000 nodes where the path is 3 hops. ``_Collector``
@@ -65,21 +65,19 @@ import multiaddr
 import trio
 from libp2p.abc import IHost
 from libp2p.custom_types import TProtocol
-from libp2p.kad_dht import kad_dht as _kad_dht_module
-from libp2p.kad_dht import peer_routing as _peer_routing_module
-from libp2p.kad_dht import provider_store as _provider_store_module
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL_ID
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.kad_dht.provider_store import PROVIDER_RECORD_EXPIRATION_INTERVAL
-from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.tools.anyio_service import background_trio_service
 
-from node.net.dht_guard import CappedProviderStore, DhtGuard, DhtRefused
+from node.errors import single_exception
+from node.net.dht_guard import CappedProviderStore, DhtGuard
 from node.net.dht_lookup import _Collector as _Collector
 from node.net.errors import NetworkError
-from node.net.host import Peer, connect, single_exception
+from node.net.host import Peer, connect
+from node.net.libp2p_patches.kad_dht import DHT_QUERY_TIMEOUT as DHT_QUERY_TIMEOUT
 from protocol.cid import check_cid
 
 if TYPE_CHECKING:
@@ -99,10 +97,6 @@ FIND_RETRY_FIRST = 0.5  # seconds before a lookup that found nothing is tried ag
 # a DHT server (py-libp2p 0.8.1) takes at most 10 ADD_PROVIDER per 10 s from one peer and drops the rest
 PROVIDE_SPACING = 1.1
 CID_HEADER = 2  # CIDv1 version byte + raw codec byte, both single-byte varints
-DHT_QUERY_TIMEOUT = 3.0  # seconds for one DHT query (the library's QUERY_TIMEOUT, 10 s; see above)
-
-for _module in (_kad_dht_module, _peer_routing_module, _provider_store_module):
-    _module.QUERY_TIMEOUT = DHT_QUERY_TIMEOUT  # type: ignore[attr-defined]
 
 assert REPROVIDE_INTERVAL * 3 < RECORD_LIFETIME
 
@@ -110,24 +104,6 @@ assert REPROVIDE_INTERVAL * 3 < RECORD_LIFETIME
 def provider_key(root: bytes) -> bytes:
     """The DHT key of a root: the multihash inside its CID (raises ``CidError`` if it is not a root)."""
     return check_cid(root)[CID_HEADER:]
-
-
-class _DropStreamEOF(logging.Filter):
-    """Drop the warning KadDHT logs when a peer ends a stream normally (a StreamEOF, not a failure), and
-    for each request ``node.net.dht_guard`` refused (a flood must not flood the log)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        return not (
-            record.msg == "Failed to read DHT message from stream: %s"
-            and isinstance(args, tuple)
-            and len(args) == 1
-            and isinstance(args[0], StreamEOF | DhtRefused)
-        )
-
-
-_eof_filter = _DropStreamEOF()
-logging.getLogger("libp2p.kad_dht.kad_dht").addFilter(_eof_filter)
 
 
 class Dht:

@@ -4,7 +4,7 @@
 with a deadline; ``listen_addrs`` gives the addresses it really listens on. Identities are 32-byte
 Ed25519 seeds (``new_identity`` / ``load_identity``), for the daemon to keep in a 0600 file.
 
-What the measurements in ``shared/guides/py-libp2p-notes.md`` made us set, and why:
+What py-libp2p's measured defects made us set here, and why (docs/py-libp2p.md holds the measurements):
 
 - Security is Noise only: ``sec_opt`` names the Noise transport and nothing else. The default ``new_host``
   also offers ``/plaintext/2.0.0``, secio and TLS, so a peer (or a man in the middle of the negotiation)
@@ -12,11 +12,8 @@ What the measurements in ``shared/guides/py-libp2p-notes.md`` made us set, and w
 - The muxer is yamux only: mplex is ~7x slower (29 against 215 MB/s) and stalls the DHT for 5 s after
   every provide.
 - Speed: py-libp2p spends its time per message, not per byte. The Noise transport phase runs through
-  ``node/net/noise_session.py`` (same wire bytes; large socket reads and one socket write per yamux frame),
-  yamux frames go up to ``YAMUX_MAX_FRAME`` (512 KiB instead of 64 KiB, so a block is one frame; a
-  yamux receiver takes any frame its window allows, and rust-yamux up to 1 MiB), and a reader returns
-  credit once half its window is read (``PY_YAMUX_RELEASE_ON_READ=0``). A stream between two processes
-  went from ~80 to ~250-430 MB/s on loopback here (``scripts/bench_stream.py``).
+  ``node/net/noise_session.py`` (same wire bytes; large socket reads and one socket write per yamux frame);
+  larger yamux frames and fewer window updates are patches (``node/net/libp2p_patches/yamux.py``).
 - ``max_connections_per_peer=1``: with the default (3) every dial waits a fixed 250 ms for more.
 - Bounded watermarks: the AutoConnector aims for the midpoint of the low and high watermarks (200 by
   default) and dials every peer the peer store knows until it gets there; the pruner closes idle
@@ -26,13 +23,11 @@ What the measurements in ``shared/guides/py-libp2p-notes.md`` made us set, and w
 - No discovery beyond what Sealbox asks for: mDNS, UPnP and bootstrap lists stay off (they would send
   packets beyond the addresses we are told to use), and TCP is the only transport.
 - Shutting down with dials in flight logs harmless ``LifecycleError`` warnings: expected, left alone.
-- Patched in ``node/net/libp2p_patches.py`` (applied on import, for 0.8.1 only): an inbound connection
-  held one of ``max_connections`` inbound slots until the whole swarm stopped, so after 64 inbound
-  connections in its life a node refused every new peer (the slot is now freed when the connection
-  closes); a yamux stream this side resets kept the peer's unread data for 60 s; and yamux buffered
-  frames over the receive window it granted (such a frame now resets the stream).
+- Every patch of the library's internals is in ``node/net/libp2p_patches/``, applied when this module is
+  imported, after a check that the installed release is the one they were checked against (another one
+  is refused with one line: a ``NetworkError``).
 
-Found while writing this module (not in the notes):
+Found while writing this module (docs/py-libp2p.md, with the tests that show each):
 
 - Leaving ``host.run()`` cancels the swarm, and its clean-up never closes the listening socket: the
   port keeps accepting connections nobody serves. ``open_host`` closes the host explicitly (shielded).
@@ -49,7 +44,6 @@ each connection, and the DHT only adds a peer whose Identify lists the DHT proto
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -69,16 +63,16 @@ from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.stream_muxer.yamux import yamux
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.tcp.tcp import TCP
 
+from node.errors import single_exception
 from node.net import libp2p_patches
 from node.net.errors import NetworkError
 from node.net.noise_session import NoiseTransport
 
-# the library defects a remote peer could use to stop the node (see node/net/libp2p_patches.py)
+# before any host runs: refuse another py-libp2p release, then patch this one (node/net/libp2p_patches/)
 libp2p_patches.apply()
 
 IDENTITY_LEN = 32
@@ -87,15 +81,6 @@ DEFAULT_MAX_CONNECTIONS = 64
 CONNECT_TIMEOUT = 10.0
 STREAM_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
-
-# The largest yamux frame this node sends, header included (py-libp2p's default: 64 KiB; see the
-# module docstring). A whole block message (256 KiB and its envelope) fits in one frame; rust-yamux
-# refuses frame bodies over 1 MiB.
-YAMUX_MAX_FRAME = 512 * 1024
-yamux.MAX_MESSAGE_SIZE = YAMUX_MAX_FRAME
-# Credit a stream's reader returns in one window update once half the window is read, not after every
-# read (py-libp2p's documented tuning variable; a user's own setting wins).
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 # What a libp2p call can raise when the other side, the network or an address is at fault.
 _NET_ERRORS = (BaseLibp2pError, OSError, ValueError, trio.TooSlowError)
@@ -265,14 +250,6 @@ async def open_host(
             raise
         await _close(host)
         raise NetworkError(f"cannot listen on {where}: {_reason(exc)}") from None
-
-
-def single_exception(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-member groups (``exc`` itself otherwise)."""
-    inner = exc
-    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
-        inner = inner.exceptions[0]
-    return inner if not isinstance(inner, BaseExceptionGroup) else exc
 
 
 async def _close(host: IHost) -> None:

@@ -3,7 +3,7 @@
 py-libp2p 0.8.1 runs the Noise handshake well but moves data slowly: every Noise message costs two
 socket reads (its 2-byte length, then its body), each through three layers of locks, and a yamux frame
 of 64 KiB becomes two messages and two socket writes. On loopback that per-message overhead, not the
-cipher, sets the speed of every transfer (``shared/guides/py-libp2p-notes.md``).
+cipher, sets the speed of every transfer (docs/py-libp2p.md, "Speeds").
 
 ``NoiseTransport`` here is py-libp2p's Noise transport with the handshake untouched. Once it is done, the
 secure session is swapped for a :class:`BufferedSession` that keeps the same cipher states (and so the

@@ -108,7 +108,7 @@ async def test_values_are_refused_and_nothing_is_stored() -> None:
             assert not await ask(bad, dht, get)
             assert dht.kad.get_value_store_size() == 0
             # and the refused requests' bytes are not kept by the connection either
-            # (node/net/libp2p_patches.py)
+            # (drop_what_a_reset_stream_holds, node/net/libp2p_patches/yamux.py)
             [conn] = dht.host.get_network().get_connections(bad.get_id())
             buffers: dict[int, bytearray] = getattr(conn.muxed_conn, "stream_buffers")  # noqa: B009
             assert sum(len(b) for b in buffers.values()) < 64 * 1024
