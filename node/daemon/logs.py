@@ -6,7 +6,7 @@ multi-line blocks, with tracebacks for cancellations that are part of normal ope
 the daemon's log like any other record: :class:`LibraryLines` folds a library record onto one line,
 keeps its traceback only at the debug level, and shows the routine ones (a remote peer did not answer)
 only at that level too. A command's short-lived node (``get`` without a daemon)
-shows none of them: :func:`silence_libraries`.
+shows none of them: :func:`silence_libraries`. (What py-libp2p 0.8.1 logs and why: docs/py-libp2p.md, "Logs".)
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import io
 import logging
 import re
@@ -123,3 +125,11 @@ def test_configuring_again_replaces_the_handler() -> None:
 def test_an_unknown_level_is_refused() -> None:
     with pytest.raises(DaemonError, match="unknown log level"):
         logs.configure("chatty")
+
+
+def test_the_routine_library_records_are_still_worded_so() -> None:
+    """``logs.ROUTINE`` names py-libp2p 0.8.1's records by logger and wording (docs/py-libp2p.md, "Logs"):
+    each logger is a library module that still holds the wording, or the filter would let them through."""
+    for name, start in logs.ROUTINE:
+        source = inspect.getsource(importlib.import_module(name))
+        assert start in source, (name, start)

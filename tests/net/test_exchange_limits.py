@@ -156,8 +156,9 @@ async def test_a_hundred_thousand_unread_requests_for_held_blocks_get_the_stream
     # The asker reads no answer: the server's writes fill the stream's window, it holds 64 requests
     # open and stops reading; py-libp2p would buffer the other ~4 MB of requests whatever the window
     # said, so the server resets a stream that leaves more than MAX_BACKLOG unread. Under load the
-    # flood may instead first overrun the stream's yamux receive window, which node/net/libp2p_patches.py
-    # enforces with a reset of its own: either limit ends the stream, and nothing is kept.
+    # flood may instead first overrun the stream's yamux receive window, which a patch
+    # (node/net/libp2p_patches/yamux.py) enforces with a reset of its own: either limit ends the stream,
+    # and nothing is kept.
     caplog.set_level(logging.DEBUG, logger="node")
     with trio.fail_after(60):
         async with serving(tmp_path, "server") as server, attacker(server) as client:
