@@ -65,7 +65,7 @@ on any difference.
 
 Time is virtual (trio's ``MockClock``, autojump): an RPC to a live node takes ``--rtt`` x U(0.5, 1.5)
 seconds; a vanished node never answers, so the query timeout ends the query (the library's
-``QUERY_TIMEOUT``, 10 s, which ``node/net/dht.py`` sets to ``DHT_QUERY_TIMEOUT`` = 3 s)
+``QUERY_TIMEOUT``, 10 s, which ``node/net/libp2p_patches/kad_dht.py`` sets to ``DHT_QUERY_TIMEOUT`` = 3 s)
 and the peer stays in the routing table, since the library drops a peer only when its dial fails
 (``--dead refused``: the dial fails after one rtt instead, and the peer is dropped). A round waits for
 all its queries, so one vanished peer in a round costs the whole round that timeout. Lookups run one after
@@ -645,7 +645,7 @@ def install(query_timeout: float) -> None:
     """Swap the library's network I/O and its hot pure functions for the in-memory ones (this process)."""
     global _query_timeout
     _query_timeout = query_timeout
-    setattr(provider_store_module, "QUERY_TIMEOUT", query_timeout)  # noqa: B010 - as node/net/dht.py does
+    setattr(provider_store_module, "QUERY_TIMEOUT", query_timeout)  # noqa: B010 - as node/net/libp2p_patches does
     setattr(KBucket, "__init__", _kbucket_init)  # noqa: B010
     setattr(ProviderStore, "_get_providers_from_peer_with_closers", _sim_get_providers_from_peer_with_closers)  # noqa: B010
     setattr(ProviderStore, "_send_add_provider", _sim_send_add_provider)  # noqa: B010

@@ -1,8 +1,8 @@
 """The provider lookup behind ``Dht.find_providers`` (node/net/dht.py): a scratch provider store that asks
 GET_PROVIDERS from the first round and keeps the closer peers' addresses, as kubo does.
 
-It reads the library's ``QUERY_TIMEOUT`` and ``sort_peer_ids_by_distance`` at call time, as node/net/dht.py
-sets the one and ``scripts/sim_dht.py`` replaces the other.
+It reads the library's ``QUERY_TIMEOUT`` and ``sort_peer_ids_by_distance`` at call time, as a patch
+(node/net/libp2p_patches/kad_dht.py) sets the one and ``scripts/sim_dht.py`` replaces the other.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class _Collector(ProviderStore):
             known.update(peer for peer in learnt if peer != me)
 
     async def _query(self, peer: ID, learnt: list[ID]) -> None:
-        # the library's QUERY_TIMEOUT, which node/net/dht.py (and the simulation's what-ifs) set
+        # the library's QUERY_TIMEOUT, which a patch (libp2p_patches/kad_dht.py) and the simulation set
         with trio.move_on_after(getattr(_provider_store_module, "QUERY_TIMEOUT")):  # noqa: B009
             learnt.extend(await self._ask_providers(peer))
 
