@@ -1,4 +1,4 @@
-"""Integrity checks and repair of a repo's metadata: the block index and the pins (``sealbox repo``).
+"""Integrity checks of a repo's metadata: the block index and the pins (``sealbox repo check``).
 
 gc deletes what no pin lists, so it trusts two kinds of metadata: the index (where each block lies)
 and the pins' block lists. Either may be damaged by a disk or another process. :func:`check_before_gc`
