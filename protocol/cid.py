@@ -2,7 +2,9 @@
 
 The binary form is 36 bytes: ``01 55 12 20`` then the SHA-256 digest. The text form is multibase base32
 (lower case, prefix ``b``). Blocks are built in the hot path by prefix + digest; tests check that this is
-exactly what the multiformats library produces. Parsing text from users uses the standard library
+exactly what the multiformats library produces. The parts of a binary CID are taken out here only
+(:func:`cid_digest`, :func:`cid_multihash`, :func:`split_cids`; :func:`cid_from_digest` the other way),
+so no other module slices one by hand. Parsing text from users uses the standard library
 only (multiformats raised undocumented errors, e.g. IndexError on ``"u="``), and tests check it against
 multiformats' encodings.
 """
@@ -14,8 +16,10 @@ import hashlib
 
 from protocol.errors import CidError, CorruptBlockError
 
-CID_PREFIX = bytes([0x01, 0x55, 0x12, 0x20])
-CID_LEN = len(CID_PREFIX) + 32
+MULTIHASH_PREFIX = bytes([0x12, 0x20])  # sha2-256, 32 bytes
+CID_PREFIX = bytes([0x01, 0x55]) + MULTIHASH_PREFIX  # CIDv1, raw, then the multihash's prefix
+DIGEST_LEN = 32
+CID_LEN = len(CID_PREFIX) + DIGEST_LEN
 TEXT_LEN = 59  # "b" + base32 of 36 bytes, unpadded
 
 
@@ -35,6 +39,31 @@ def verify_block(cid: bytes, block: bytes | memoryview) -> None:
     """Raise :class:`CorruptBlockError` unless ``block`` hashes to ``cid``."""
     if hashlib.sha256(block).digest() != cid[len(CID_PREFIX) :]:
         raise CorruptBlockError(f"block {cid_to_text(cid)} is corrupted: its bytes do not match its id")
+
+
+def cid_digest(cid: bytes) -> bytes:
+    """The sha2-256 digest ``cid`` names (:class:`CidError` if it is not a Sealbox CID): what the block
+    index is keyed on."""
+    return check_cid(cid)[len(CID_PREFIX) :]
+
+
+def cid_from_digest(digest: bytes | memoryview) -> bytes:
+    """The CID naming the sha2-256 digest ``digest``, as the block index holds it. Not checked here: a
+    damaged index row still names its block in a report, and its CID fails :func:`check_cid` where used."""
+    return CID_PREFIX + bytes(digest)
+
+
+def cid_multihash(cid: bytes) -> bytes:
+    """The multihash inside ``cid`` (its digest behind ``MULTIHASH_PREFIX``): the DHT's key of a root."""
+    return check_cid(cid)[len(CID_PREFIX) - len(MULTIHASH_PREFIX) :]
+
+
+def split_cids(data: bytes | memoryview) -> list[bytes]:
+    """The CIDs of a list of binary CIDs back to back (a pin's block list, an index block), each checked:
+    :class:`CidError` if its length is not a whole number of CIDs or one of them is malformed."""
+    if len(data) % CID_LEN:
+        raise CidError("a list of block ids has a partial one at its end")
+    return [check_cid(bytes(data[i : i + CID_LEN])) for i in range(0, len(data), CID_LEN)]
 
 
 def cid_to_text(cid: bytes) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from protocol.cid import CID_LEN, check_cid, cid_of, verify_block
+from protocol.cid import CID_LEN, cid_of, split_cids, verify_block
 from protocol.errors import DecryptError, ManifestError
 from protocol.manifest import MAX_LEVEL, Node, fanout, top_max
 from protocol.padding import padded_size
@@ -181,8 +181,7 @@ def iter_leaves(
         plain = keys.index(level).open(position, block, "index block")
         if on_index is not None:
             on_index(cid)
-        for i in range(expected):
-            child = check_cid(plain[i * CID_LEN : (i + 1) * CID_LEN])
+        for i, child in enumerate(split_cids(plain)):
             if level == 1:
                 yield child
             else:

@@ -26,6 +26,7 @@ from multiaddr import Multiaddr
 
 from node.net.dht import Dht, open_dht
 from node.net.host import connect, listen_addrs, new_identity, open_host
+from protocol.cid import MULTIHASH_PREFIX
 
 
 def rss_mib() -> float:
@@ -73,7 +74,7 @@ async def flood_providers(dht: Dht) -> str:
             for _ in range(10):
                 message = Message()
                 message.type = Message.MessageType.ADD_PROVIDER
-                message.key = b"\x12\x20" + os.urandom(32)
+                message.key = MULTIHASH_PREFIX + os.urandom(32)
                 message.senderRecord = envelope
                 provider = message.providerPeers.add()
                 provider.id = bad.get_id().to_bytes()

@@ -44,7 +44,7 @@ from node.files.alloc import keep_freed_buffers  # noqa: E402
 from node.net.exchange import BlockServer, fetch_blocks  # noqa: E402
 from node.net.host import connect, listen_addrs, new_identity, open_host  # noqa: E402
 from node.store.repo import Repo  # noqa: E402
-from protocol.cid import CID_LEN  # noqa: E402
+from protocol.cid import split_cids  # noqa: E402
 
 MB = 1e6
 
@@ -187,7 +187,7 @@ def main() -> None:
         return
     if args.fetch:
         raw = args.cids.read_bytes()
-        cids = [raw[i : i + CID_LEN] for i in range(0, len(raw), CID_LEN)]
+        cids = split_cids(raw)
         print(json.dumps(trio.run(fetch, args.fetch, args.peers, cids)))
         return
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from node.errors import NodeError  # noqa: E402
 from node.store.repo import Pin, Repo  # noqa: E402
-from protocol.cid import cid_from_text, cid_of, cid_to_text  # noqa: E402
+from protocol.cid import CID_PREFIX, cid_from_text, cid_of, cid_to_text  # noqa: E402
 from protocol.errors import ProtocolError  # noqa: E402
 from protocol.link import ShareLink, format_link, parse_link  # noqa: E402
 from protocol.manifest import (  # noqa: E402
@@ -128,7 +128,7 @@ ODD_VALUES: list[object] = [
     "..",
     "a/b",
     b"",
-    b"\x01\x55\x12\x20" + bytes(32),
+    CID_PREFIX + bytes(32),
     bytes(36),
     [],
     [b"x"],

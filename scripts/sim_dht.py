@@ -163,6 +163,7 @@ from node.net.dht import (  # noqa: E402
     provider_key,
 )
 from node.net.errors import NetworkError  # noqa: E402
+from protocol.cid import CID_PREFIX  # noqa: E402
 
 FIND_NODE = "FIND_NODE"
 GET_PROVIDERS = "GET_PROVIDERS"
@@ -171,7 +172,6 @@ KINDS = (FIND_NODE, GET_PROVIDERS, ADD_PROVIDER)
 PEERSTORE_CAP = 1000  # libp2p.peer.peerstore.PeerStore(max_peers=1000), what new_host() builds
 DISCOVERED_ADDR_TTL = 3600  # what the library passes for addresses learnt from a FIND_NODE answer
 SIGNED_RECORD_TTL = 7200  # what maybe_consume_signed_record passes
-ROOT_HEADER = bytes([0x01, 0x55, 0x12, 0x20])  # CIDv1, raw, sha2-256, 32 bytes: a Sealbox root
 ED25519_ID_HEADER = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])  # identity multihash of an Ed25519 key
 GOAL_MEDIAN_HOPS = 4
 GOAL_HOPS_NODES = 10_000
@@ -665,7 +665,7 @@ def check_fast_paths(net: Network, rng: random.Random, samples: int) -> int:
     for _ in range(samples):
         node = rng.choice(net.nodes)
         table = node.kad.routing_table
-        key = provider_key(ROOT_HEADER + rng.randbytes(32))
+        key = provider_key(CID_PREFIX + rng.randbytes(32))
         peer = rng.choice(net.nodes).peer_id
         peers = [n.peer_id for n in rng.sample(net.nodes, min(50, len(net.nodes)))]
         pairs: list[tuple[str, object, object]] = [
@@ -809,7 +809,7 @@ def build_network(net: Network, args: argparse.Namespace) -> Built:
     join_messages, join_rounds = _run(build, f"{args.seed}:build:{n}")
     build_seconds = time.process_time() - cpu0
 
-    roots = [(ROOT_HEADER + rng.randbytes(32), rng.randrange(n)) for _ in range(args.lookups)]
+    roots = [(CID_PREFIX + rng.randbytes(32), rng.randrange(n)) for _ in range(args.lookups)]
 
     async def announce() -> list[dict[str, Any]]:
         rows = []
@@ -876,7 +876,7 @@ def run_scenario(
             )
         provides = []
         for _ in range(args.provides):
-            root = ROOT_HEADER + rng.randbytes(32)
+            root = CID_PREFIX + rng.randbytes(32)
             start = trio.current_time()
             op, completed = await provide(rng.choice(live), root)
             provides.append(provide_row(net, op, completed, root, live, trio.current_time() - start))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import pty
 import re
@@ -18,8 +19,11 @@ from typing import Protocol
 
 import pytest
 
+from node.store.errors import RepoError
+from node.store.pinfile import MAX_PIN_HEADER, TRAILER, Pin, decode_tail
 from node.store.repo import Repo
-from protocol.cid import cid_of
+from protocol.cid import cid_of, cid_to_text, split_cids
+from protocol.errors import CidError
 from protocol.manifest import Node, encode_node
 from protocol.seal import NodeKeys
 from protocol.stream import Chunker, IndexBuilder, seal_chunk
@@ -51,6 +55,21 @@ def block_region(repo: Repo, cid: bytes) -> tuple[Path, int, int]:
     assert where is not None, "block not stored"
     pack, offset, length = where
     return repo.blocks.pack_path(pack), offset, length
+
+
+def decode_pin_file(data: bytes, root: bytes | None = None) -> tuple[Pin, list[bytes]]:
+    """Decode a whole pin file held in memory: its pin and its block list (each CID checked; for v2 the
+    list's checksum too), RepoError only. The repo streams the list instead (Repo.pin_blocks)."""
+    tail = data[-(MAX_PIN_HEADER + TRAILER.size) :]
+    layout = decode_tail(tail, len(data), root)
+    listed = data[: layout.list_len]
+    if layout.list_digest is not None and hashlib.sha256(listed).digest() != layout.list_digest:
+        root_text = cid_to_text(layout.pin.root)
+        raise RepoError(f"pin of {root_text} is damaged: its block list fails its checksum")
+    try:
+        return layout.pin, split_cids(listed)
+    except CidError:
+        raise RepoError(f"pin of {cid_to_text(layout.pin.root)} is damaged: it lists a non-CID") from None
 
 
 def read_region(path: Path, offset: int, length: int) -> bytes:

@@ -40,6 +40,7 @@ def _chunk_size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; the top-level options may also follow the subcommand (``common``)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
@@ -59,7 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repo", help="repo directory (default $SEALBOX_REPO or ~/.sealbox)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_sharing_commands(sub, common)  # in the order 'sealbox --help' lists them
+    _add_repo_commands(sub, common)
+    _add_daemon_commands(sub, common)
+    return parser
 
+
+def _add_sharing_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """``add`` and ``get``: a file or folder into the repo and its link out, and back."""
     add = sub.add_parser(
         "add", parents=[common], help="seal a file or folder into the repo and print its share link"
     )
@@ -103,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     get.set_defaults(func=cmd_get)
 
+
+def _add_repo_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """``ls``, ``rm``, ``gc`` and ``repo``: what the repo holds, and its upkeep."""
     ls = sub.add_parser("ls", parents=[common], help="list what this repo holds")
     ls.set_defaults(func=cmd_ls)
 
@@ -124,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     repo.add_argument("--deep", action="store_true", help="check: also read and hash every stored block")
     repo.set_defaults(func=cmd_repo)
 
+
+def _add_daemon_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """``daemon``, and ``status`` and ``peers``, which ask the running one."""
     daemon = sub.add_parser(
         "daemon", parents=[common], help="run the node: serve and announce pinned roots, answer the CLI"
     )
@@ -145,7 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     peers = sub.add_parser("peers", parents=[common], help="list the peers the daemon is connected to")
     peers.set_defaults(func=cmd_peers)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

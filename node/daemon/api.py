@@ -19,10 +19,9 @@ A connection goes through two phases, so that idle connections cannot starve the
    taken: only the token's holder can fill them), then has ``READ_TIMEOUT`` seconds for its body. The
    handler itself has no deadline: a fetch runs as long as it needs.
 
-The routes themselves (``node/daemon/control.py``) are plain async functions of the decoded JSON
-body; they raise
-:class:`node.errors.NodeError` (or a protocol error) for a refusal, which becomes ``{"error": "..."}``
-with a status that fits. The endpoints are listed in ``node/daemon/control.py``.
+The routes themselves are plain async functions of the decoded JSON body, listed in
+``node/daemon/control.py``; they raise :class:`node.errors.NodeError` (or a protocol error) for a
+refusal, which becomes ``{"error": "..."}`` with a status that fits.
 """
 
 from __future__ import annotations

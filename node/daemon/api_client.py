@@ -1,7 +1,7 @@
 """A small synchronous client of the control API (``node/daemon/api.py``), for the CLI.
 
 ``ApiClient.call`` raises :class:`NoDaemon` when nothing answers on the repo's socket (no daemon runs,
-or a crashed one left its socket behind), and :class:`node.errors.ApiError` when the daemon refuses.
+or a crashed one left its socket behind), and :class:`node.daemon.errors.ApiError` when the daemon refuses.
 
 A connection the daemon closes without any answer was evicted before its request head was read (a flood
 of idle connections, see ``node/daemon/api.py``): the request is sent again, ``ATTEMPTS`` times in all. The

@@ -5,7 +5,8 @@ The standard ``json`` decoder recurses once per nesting level, so a body of 60,0
 nesting with a linear scan first and refuses anything deeper than :data:`MAX_DEPTH` before ``json.loads``
 runs. It also refuses what a second decoder could read differently: a repeated key in any object (the
 standard decoder keeps the last value silently), ``NaN`` / ``Infinity`` (not JSON), and text that is not
-UTF-8. Every refusal is an :class:`node.errors.ApiError` (400) with one line that quotes nothing of the body.
+UTF-8. Every refusal is an :class:`node.daemon.errors.ApiError` (400) with one line that quotes nothing
+of the body.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@
 - ``POST /v1/rm {roots: [root CID text]}`` -> ``{unpinned: [root CID text]}``
 - ``POST /v1/fetch {link, seed?}`` -> ``{root, providers, rounds, blocks, bytes, pinned}``; with
   ``seed: false`` the root is neither announced nor pinned (``get --no-seed``)
+- ``GET /v1/fetching`` -> ``{fetches: [{root, bytes}]}``: the fetches running now (``get``'s progress bar)
 - ``POST /v1/gc {}`` -> ``{blocks_removed, bytes_freed}``: gc in the daemon, where it is safe against the
   daemon's own fetches and serving (``Repo.gc``); ``sealbox gc`` comes here while a daemon runs
 

@@ -1,10 +1,12 @@
 """The long-lived node: ``sealbox daemon``.
 
 ``serve`` is the root nursery: the libp2p host (identity from ``REPO/identity``), the DHT (opened before
-any connection, then bootstrapped), the block server (when seeding), the reprovider announcing every
-pinned root, and the control API on ``REPO/api.sock``. ``run`` adds the process's concerns: logging
-levels, and SIGINT/SIGTERM, which cancel ``serve``; everything then closes within a few seconds (the
+any connection, then bootstrapped, and joined again while it knows no peer), and when seeding the block
+server and the reprovider announcing every pinned root; and the control API on ``REPO/api.sock``
+(node/daemon/control.py). ``main`` adds the process's concerns: SIGINT/SIGTERM, which cancel ``serve``,
+and SIGUSR1 task dumps (node/daemon/taskdump.py); everything then closes within a few seconds (the
 host's close is bounded by ``node.net.host.CLOSE_TIMEOUT``) and the socket and token are removed.
+``run`` is what ``sealbox daemon`` calls, once node/daemon/logs.py has set the log levels.
 
 Only one daemon may hold a repo: ``REPO/daemon.lock`` is flocked for the daemon's life (the kernel drops
 the lock if the process dies, so a crash never leaves the repo locked).

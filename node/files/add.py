@@ -276,6 +276,44 @@ def _same_as(repo: Repo, alike: list[Pin], fingerprint: bytes) -> Pin | None:
     return None
 
 
+def _input(path: Path) -> tuple[Path, str]:
+    """The absolute path to add and its node's name, or InputError (before the repo is locked)."""
+    path = Path(os.path.abspath(path))
+    if not os.path.lexists(path):
+        raise InputError(f"no such file or directory: {path}")
+    name = path.name or "root"
+    try:
+        check_name(name)
+    except UnsafeNameError as exc:
+        raise InputError(f"cannot add {path}: {exc}") from None
+    return path, name
+
+
+def _close_list(adder: _Adder) -> None:
+    """Make the block list durable before the pin that names it is written."""
+    adder.list_file.flush()
+    os.fsync(adder.list_file.fileno())
+    adder.list_file.close()
+
+
+def _drop_list(adder: _Adder) -> None:
+    """Remove the block list of an add that did not end in a pin."""
+    with contextlib.suppress(OSError):  # flushing the block list fails on a full disk
+        adder.list_file.close()
+    with contextlib.suppress(FileNotFoundError):
+        adder.list_path.unlink()
+
+
+def _existing(repo: Repo, earlier: Pin, key: bytes, display_name: str | None, with_size: bool) -> AddResult:
+    """The same content was added before (under ``key``): its link, renamed if asked; this session's
+    packs are dropped."""
+    pin = earlier
+    if display_name is not None and display_name != earlier.name:
+        pin = repo.rename_pin(earlier, display_name)
+    link = ShareLink(pin.root, key, display_name, pin.size if with_size else None)
+    return AddResult(link, pin, 0, True)
+
+
 def add_path(
     repo: Repo,
     path: Path,
@@ -289,14 +327,7 @@ def add_path(
 ) -> AddResult:
     """Seal ``path`` (a file or a directory tree) into ``repo``, pin it and return its link."""
     check_chunk_size(chunk_size)
-    path = Path(os.path.abspath(path))
-    if not os.path.lexists(path):
-        raise InputError(f"no such file or directory: {path}")
-    name = path.name or "root"
-    try:
-        check_name(name)
-    except UnsafeNameError as exc:
-        raise InputError(f"cannot add {path}: {exc}") from None
+    path, name = _input(path)
     # one sealing thread per core: with two per core (and the reading thread) on 2 cores, a 1 GiB add
     # was 5-20% slower in each of five back-to-back pairs; the threads only contend for the cores
     workers = workers or min(8, os.cpu_count() or 1)
@@ -310,33 +341,16 @@ def add_path(
                     repo, writer, pool, chunk_size, progress, warn or (lambda _msg: None), bool(alike)
                 )
                 root, digest, kind = adder.add(path, name)
-            adder.list_file.flush()
-            os.fsync(adder.list_file.fileno())
-            adder.list_file.close()
+            _close_list(adder)
             fingerprint = None
-            earlier = None
             if digest is not None:
                 fingerprint = repo.fingerprint(add_digest(digest, name, chunk_size))
                 earlier = repo.find_added(fingerprint) or _same_as(repo, alike, fingerprint)
-            if earlier is not None and earlier.key is not None:
-                # the same content was added before: keep its link; this session's packs are dropped
-                pin = earlier
-                if display_name is not None and display_name != earlier.name:
-                    pin = repo.rename_pin(earlier, display_name)
-                link = ShareLink(pin.root, earlier.key, display_name, pin.size if with_size else None)
-                return AddResult(link, pin, 0, True)
+                if earlier is not None and earlier.key is not None:
+                    return _existing(repo, earlier, earlier.key, display_name, with_size)
             writer.commit()
-            pin = Pin(
-                root,
-                kind,
-                adder.total_size,
-                adder.blocks,
-                adder.stored,
-                now(),
-                display_name,
-                adder.key,
-                fingerprint,
-            )
+            size, key = adder.total_size, adder.key
+            pin = Pin(root, kind, size, adder.blocks, adder.stored, now(), display_name, key, fingerprint)
             repo.write_pin(pin, adder.list_path)
             committed = True
             # the add is done; without this record (e.g. on a full disk) a later add of the same content
@@ -344,7 +358,7 @@ def add_path(
             if fingerprint is not None:
                 with contextlib.suppress(RepoFullError):
                     repo.record_added(fingerprint, root)
-            link = ShareLink(root, adder.key, display_name, adder.total_size if with_size else None)
+            link = ShareLink(root, key, display_name, size if with_size else None)
             return AddResult(link, pin, writer.written, False)
         except OSError as exc:
             if is_full(exc):  # e.g. writing the block list
@@ -352,7 +366,4 @@ def add_path(
             raise
         finally:
             if adder is not None and not committed:
-                with contextlib.suppress(OSError):  # flushing the block list fails on a full disk
-                    adder.list_file.close()
-                with contextlib.suppress(FileNotFoundError):
-                    adder.list_path.unlink()
+                _drop_list(adder)

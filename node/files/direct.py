@@ -23,6 +23,8 @@ import queue
 import threading
 from dataclasses import dataclass
 
+from node.store.fsutil import write_all
+
 ALIGN = 4096  # O_DIRECT needs offsets, lengths and buffer addresses aligned to the logical block size
 SEGMENT = 4 << 20  # bytes per write: the disk's largest request here (4 MiB: 560-775 MB/s, 1 MiB: 530-690)
 BUFFERS = 4  # one being filled, the others queued or being written: 16 MiB in all
@@ -84,7 +86,7 @@ class DirectWriter:
         self._check()
         view = memoryview(data)
         if self._small:
-            _write_all(self._fd, view, self._start)
+            write_all(self._fd, view, self._start)
             self._start += len(view)
             return
         while view:
@@ -158,17 +160,10 @@ class DirectWriter:
         view = memoryview(job.buffer)[: job.length]
         if job.direct_fd is not None and self._direct:
             try:
-                _write_all(job.direct_fd, view, job.offset)
+                write_all(job.direct_fd, view, job.offset)
                 return
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
                 self._direct = False  # this file system takes O_DIRECT at open but not these writes
-        _write_all(job.fd, view, job.offset)
-
-
-def _write_all(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
+        write_all(job.fd, view, job.offset)

@@ -50,11 +50,12 @@ from node.store.pack_writer import FRAME_MAGIC as FRAME_MAGIC
 from node.store.pack_writer import MAX_BLOCK as MAX_BLOCK
 from node.store.pack_writer import PACK_MAGIC as PACK_MAGIC
 from node.store.pack_writer import PackWriter as PackWriter
-from node.store.pack_writer import _digest
 from node.store.pack_writer import _pack_number as _pack_number
-from node.store.pack_writer import block_digest as block_digest
 from node.store.quota import Quota
-from protocol.cid import CID_PREFIX, cid_to_text, verify_block
+from protocol.cid import cid_digest, cid_from_digest, cid_to_text, verify_block
+
+# node/net/block_server.py's name for the digest a commit listener is given; the definition is cid_digest
+block_digest = cid_digest
 
 LOCATE_BATCH = 500  # CIDs per index query in locate() (SQLite allows 32,766 parameters, older ones 999)
 Location = tuple[int, int, int]  # (pack, offset, length)
@@ -119,10 +120,6 @@ class BlockStore:
         visible, in the committing thread: the listener must be quick and thread-safe."""
         self._listeners.append(listener)
 
-    def remove_listener(self, listener: Callable[[list[bytes]], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(listener)
-
     # -- set-up -------------------------------------------------------------------------------
 
     def create(self) -> None:
@@ -177,7 +174,7 @@ class BlockStore:
     def _locate(self, cid: bytes) -> Location | None:
         with self._reading() as db:
             row = db.execute(
-                "SELECT pack, offset, length FROM blocks WHERE digest = ?", (_digest(cid),)
+                "SELECT pack, offset, length FROM blocks WHERE digest = ?", (cid_digest(cid),)
             ).fetchone()
         return None if row is None else (row[0], row[1], row[2])
 
@@ -188,7 +185,7 @@ class BlockStore:
         """Where each of ``cids`` that the store holds lies (absent ones are left out), asked of the
         index ``LOCATE_BATCH`` at a time: one query per block was ~20% of a get's CPU here, mostly
         SQLite's per-statement work. Pass a location on to :meth:`get`."""
-        by_digest = {_digest(cid): cid for cid in cids}
+        by_digest = {cid_digest(cid): cid for cid in cids}
         digests = list(by_digest)
         found: dict[bytes, Location] = {}
         for start in range(0, len(digests), LOCATE_BATCH):
@@ -290,7 +287,7 @@ class BlockStore:
         with self._reading() as db:
             rows = db.execute("SELECT digest, length FROM blocks ORDER BY digest").fetchall()
         for digest, length in rows:
-            yield CID_PREFIX + digest, length
+            yield cid_from_digest(digest), length
 
     def stats(self) -> tuple[int, int]:
         """``(blocks, bytes)`` stored."""

@@ -1,4 +1,11 @@
-"""Atomic, durable file writes: temp file in the same directory, fsync, rename, fsync the directory."""
+"""File system helpers of the store, used by the layers above it too.
+
+- atomic, durable file writes (:func:`write_atomic`): temp file in the same directory, fsync, rename,
+  fsync the directory; a full disk reported as one error (:func:`full_error`);
+- :func:`write_all`, the one loop that writes a whole buffer at an offset (``pwrite`` may write less);
+- :func:`start_writeback`: long writes ask the kernel to start flushing as they go;
+- :class:`FileWatch`: wait for a file to be written to (inotify) instead of polling it.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +34,15 @@ def full_error(what: Path | str) -> RepoFullError:
 
 def temp_name(prefix: str = "") -> str:
     return f".{prefix}{secrets.token_hex(8)}.tmp"
+
+
+def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of ``data`` to ``fd`` at ``offset``: ``pwrite`` may write less than it is given."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
 
 
 def open_if_present(path: Path) -> int | None:
@@ -67,9 +83,7 @@ def write_atomic(
     with discard_on_error(tmp, path.parent):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data, 0)
             os.fsync(fd)
         finally:
             os.close(fd)

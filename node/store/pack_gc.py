@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from node.store.fsutil import fsync_dir, open_if_present
-from node.store.pack_writer import FRAME, PACK_MAGIC, _digest, _pack_number
-from protocol.cid import CID_PREFIX
+from node.store.pack_writer import FRAME, PACK_MAGIC, _pack_number
+from protocol.cid import cid_digest, cid_from_digest
 
 if TYPE_CHECKING:
     from node.store.blockstore import BlockStore
@@ -26,11 +26,10 @@ def collect(store: BlockStore, keep: Iterable[bytes]) -> tuple[int, int]:
     """Drop every block not in ``keep``; delete or compact packs. Returns ``(blocks, bytes freed)``.
 
     Safe while writer sessions run, here or in other processes: only idle packs (flocked here
-    exclusively, see node/store/blockstore.py's docstring) lose rows or bytes, and rows into a pack
-    that no longer
-    exists (left by a crash or an older version) unless kept. ``keep`` is consumed only once the
-    idle packs are locked, so a lazy iterable that reads the leases, then the pins, sees every block
-    a session ended before the locking and every pin written before the reading.
+    exclusively, see node/store/blockstore.py's docstring) lose rows or bytes, and so do rows into a
+    pack that no longer exists (left by a crash or an older version), unless kept. ``keep`` is
+    consumed only once the idle packs are locked, so a lazy iterable that reads the leases, then the
+    pins, sees every block a session ended before the locking and every pin written before the reading.
     """
     idle = _lock_idle_packs(store)
     try:
@@ -86,7 +85,7 @@ def _drop_rows(store: BlockStore, keep: Iterable[bytes], idle: dict[int, tuple[i
         db.execute("DELETE FROM idle")
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT OR IGNORE INTO keep VALUES (?)", ((_digest(c),) for c in keep))
+            db.executemany("INSERT OR IGNORE INTO keep VALUES (?)", ((cid_digest(c),) for c in keep))
             db.executemany("INSERT INTO idle VALUES (?)", ((n,) for n in idle))
             packs = [row[0] for row in db.execute("SELECT DISTINCT pack FROM blocks")]
             gone = [n for n in packs if n not in idle and not store.pack_path(n).exists()]
@@ -113,7 +112,7 @@ def _compact(store: BlockStore, number: int) -> int:
     written = len(PACK_MAGIC)  # the bytes of the new pack: its header, frames and blocks
     with store.writer(counted=False) as writer:
         for (digest,) in rows:
-            cid = CID_PREFIX + digest
+            cid = cid_from_digest(digest)
             block = store.get(cid)
             writer.put(cid, block, force=True)
             written += FRAME.size + len(block)

@@ -17,9 +17,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from node.store.errors import RepoError
-from node.store.fsutil import WRITEBACK_STEP, full_error, is_full, start_writeback
+from node.store.fsutil import WRITEBACK_STEP, full_error, is_full, start_writeback, write_all
 from node.store.lease import Lease
-from protocol.cid import CID_PREFIX, check_cid, verify_block
+from protocol.cid import cid_digest, verify_block
 from protocol.manifest import MAX_CHUNK
 from protocol.seal import TAG_LEN
 
@@ -35,23 +35,6 @@ FRAME_MAGIC = b"SBF1"
 
 def frame(digest: bytes, length: int) -> bytes:
     return FRAME.pack(FRAME_MAGIC, length, digest)
-
-
-def _digest(cid: bytes) -> bytes:
-    return check_cid(cid)[len(CID_PREFIX) :]
-
-
-def block_digest(cid: bytes) -> bytes:
-    """The sha2-256 digest a CID names: what the store indexes and what commit listeners receive."""
-    return _digest(cid)
-
-
-def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
 
 
 def _pack_number(path: Path) -> int | None:
@@ -117,7 +100,7 @@ class PackWriter:
                 pass
             os.close(fd)
         try:
-            _write_all(fd, PACK_MAGIC, 0)
+            write_all(fd, PACK_MAGIC, 0)
         except OSError as exc:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -138,7 +121,7 @@ class PackWriter:
         was 15% of sealing's time). Commit indexes with INSERT OR IGNORE, so a block the store held
         after all keeps its row and the new copy is only unreferenced bytes, which gc removes.
         """
-        digest = _digest(cid)
+        digest = cid_digest(cid)
         if len(block) > MAX_BLOCK:
             raise RepoError("refusing to store a block larger than the maximum block size")
         if verify:
@@ -164,8 +147,8 @@ class PackWriter:
             if flush:
                 self._flushed = step
         try:
-            _write_all(fd, frame(digest, len(block)), offset - FRAME.size)
-            _write_all(fd, block, offset)
+            write_all(fd, frame(digest, len(block)), offset - FRAME.size)
+            write_all(fd, block, offset)
             if flush:  # start writing the previous step to disk while sealing goes on
                 start_writeback(fd, (step - 1) * WRITEBACK_STEP, WRITEBACK_STEP)
         except OSError as exc:

@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 
 from node.store.errors import RepoError
-from protocol.cid import CID_LEN, check_cid, cid_to_text
+from protocol.cid import CID_LEN, check_cid
 from protocol.errors import CidError, LinkError
 from protocol.link import ShareLink
 
@@ -199,21 +199,3 @@ def _bin(fields: dict[str, Any], name: str, length: int) -> bytes | None:
     if value is not None and (not isinstance(value, bytes) or len(value) != length):
         raise RepoError(f"pin is damaged: its {name} is not {length} bytes")
     return value if value is None else bytes(value)
-
-
-def decode_pin_file(data: bytes, root: bytes | None = None) -> tuple[Pin, list[bytes]]:
-    """Decode a whole pin file held in memory: its pin and its block list (each CID checked; for v2 the
-    list's checksum too). For tests and fuzzing; the repo streams big lists instead. RepoError only."""
-    tail = data[-(MAX_PIN_HEADER + TRAILER.size) :]
-    layout = decode_tail(tail, len(data), root)
-    listed = data[: layout.list_len]
-    if layout.list_digest is not None and hashlib.sha256(listed).digest() != layout.list_digest:
-        root_text = cid_to_text(layout.pin.root)
-        raise RepoError(f"pin of {root_text} is damaged: its block list fails its checksum")
-    cids = []
-    for start in range(0, len(listed), CID_LEN):
-        try:
-            cids.append(check_cid(listed[start : start + CID_LEN]))
-        except CidError:
-            raise RepoError(f"pin of {cid_to_text(layout.pin.root)} is damaged: it lists a non-CID") from None
-    return layout.pin, cids

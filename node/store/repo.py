@@ -1,19 +1,20 @@
 """The local repo: layout, lock, pins and garbage collection.
 
-Layout (see specs/format.md, "Local repo")::
+Layout (specs/format.md, "Local repo"; the modules named are in node/store/)::
 
     REPO/version            "sealbox-repo 1"
     REPO/secret             32 random bytes (0600): keys the add fingerprints
     REPO/lock               flock: shared while adding or getting, exclusive while collecting garbage
-    REPO/blocks/            the block store: packs/<n>.pack and index.sqlite (see blockstore.py)
+    REPO/blocks/            the block store: packs/<n>.pack and index.sqlite (blockstore.py)
     REPO/pins/<root>.pin    one pin per root: its block list and a small header
     REPO/adds/<fp>          fingerprint of an added file or tree -> its root (for idempotent adds)
     REPO/tmp/               temp files, removed by gc
-    REPO/leases/<r>.lease   CIDs a running fetch holds until it pins (see lease.py), flocked while alive
+    REPO/leases/<r>.lease   what a running fetch holds until it pins, flocked while alive (lease.py)
 
 gc at any moment: it takes the exclusive lock, so adds (which hold the shared lock throughout), unpins
-and the moment a fetch pins (``pin_fetched`` holds the shared lock) never overlap it; a fetch holds no
-lock while it fetches, and is protected by its writer sessions' pack locks and its lease instead.
+and the moment a fetch pins (node/net/netget.py's ``pin_fetched`` holds the shared lock) never overlap
+it; a fetch holds no lock while it fetches, and is protected by its writer sessions' pack locks and its
+lease instead.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Integrity checks and repair of a repo's metadata: the block index and the pins (``sealbox repo``).
+"""Integrity checks of a repo's metadata: the block index and the pins (``sealbox repo check``).
 
 gc deletes what no pin lists, so it trusts two kinds of metadata: the index (where each block lies)
 and the pins' block lists. Either may be damaged by a disk or another process. :func:`check_before_gc`
@@ -30,7 +30,7 @@ from node.store.blockstore import (
     BlockStore,
 )
 from node.store.errors import RepoDamagedError, RepoError
-from protocol.cid import CID_PREFIX, cid_from_text, cid_to_text
+from protocol.cid import cid_digest, cid_from_digest, cid_from_text, cid_to_text
 from protocol.errors import CidError, ProtocolError
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def _frame_problems(db: sqlite3.Connection, store: BlockStore, framed: set[int])
                 fd = fds[pack] = os.open(store.pack_path(pack), os.O_RDONLY)
             if os.pread(fd, FRAME.size, offset - FRAME.size) != FRAME.pack(FRAME_MAGIC, length, digest):
                 bad += 1
-                example = example or f"{cid_to_text(CID_PREFIX + bytes(digest))} in pack {pack}"
+                example = example or f"{cid_to_text(cid_from_digest(digest))} in pack {pack}"
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -173,9 +173,8 @@ def _count_missing(repo: Repo, root: bytes) -> int:
     try:
         db.execute("CREATE TEMP TABLE listed (digest BLOB PRIMARY KEY) WITHOUT ROWID")
         db.execute("BEGIN")
-        prefix = len(CID_PREFIX)
         db.executemany(
-            "INSERT OR IGNORE INTO listed VALUES (?)", ((c[prefix:],) for c in repo.pin_blocks(root))
+            "INSERT OR IGNORE INTO listed VALUES (?)", ((cid_digest(c),) for c in repo.pin_blocks(root))
         )
         db.execute("COMMIT")
         (missing,) = db.execute(

@@ -21,7 +21,7 @@ from node.store.errors import RepoError
 from node.store.repo import Pin, Repo
 from protocol.cid import CID_LEN, cid_to_text
 from tests.daemon.test_daemon import Daemon, daemons  # noqa: F401  (the fixture)
-from tests.helpers import RunCli, ok
+from tests.helpers import RunCli, decode_pin_file, ok
 
 
 def _file(path: Path, data: bytes) -> Path:
@@ -65,10 +65,6 @@ def test_a_version_1_pin_is_still_read(repo: Repo, tmp_path: Path) -> None:
 def test_a_version_2_pin_checks_its_list_and_header(repo: Repo, tmp_path: Path) -> None:
     result = add_path(repo, _file(tmp_path / "f", os.urandom(50_000)))
     path = _pin_path(repo, result.pin.root)
-    from node.store.pinfile import (
-        decode_pin_file,  # new in version 2: imported here, so the rest runs on old code
-    )
-
     data = path.read_bytes()
     assert data.endswith(b"SBP2")
     assert decode_pin_file(data, result.pin.root)[0] == result.pin
@@ -216,8 +212,6 @@ def mutated_pin_files(draw: st.DrawFn) -> bytes:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_pin_files())
 def test_fuzz_the_pin_decoder_gives_repo_errors_only(data: bytes) -> None:
-    from node.store.pinfile import decode_pin_file
-
     try:
         pin, cids = decode_pin_file(data)
     except RepoError:

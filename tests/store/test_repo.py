@@ -12,10 +12,10 @@ import pytest
 from node.files.add import add_path
 from node.files.errors import DestinationError, InputError
 from node.files.get import LOCATE_AHEAD, get_link
-from node.store.blockstore import FRAME, LOCATE_BATCH, MAX_BLOCK, PACK_MAGIC, block_digest
+from node.store.blockstore import FRAME, LOCATE_BATCH, MAX_BLOCK, PACK_MAGIC
 from node.store.errors import NotFoundError, RepoError
 from node.store.repo import Repo
-from protocol.cid import cid_of
+from protocol.cid import cid_digest, cid_of
 from protocol.errors import CidError, CorruptBlockError
 from protocol.manifest import chunk_count, decode_node, level_counts
 from protocol.padding import padded_size
@@ -402,7 +402,7 @@ def test_multi_level_index_round_trips(repo: Repo, tmp_path: Path) -> None:
     leaves = list(iter_leaves(node, keys, repo.blocks.get))
     assert len(leaves) > 3 * LOCATE_AHEAD
     _, gone = leaves[3 * LOCATE_AHEAD + 1]
-    repo.blocks.db.execute("DELETE FROM blocks WHERE digest = ?", (block_digest(gone),))
+    repo.blocks.db.execute("DELETE FROM blocks WHERE digest = ?", (cid_digest(gone),))
     with pytest.raises(NotFoundError):
         get_link(repo, result.link, tmp_path / "again")
     assert sorted(os.listdir(tmp_path)) == ["big", "out", "repo"]

@@ -12,7 +12,7 @@ import pytest
 
 from node.store.repo import Repo
 from protocol.cid import CID_LEN, cid_of, cid_to_text
-from tests.helpers import RunCli, ok, one_error
+from tests.helpers import RunCli, decode_pin_file, ok, one_error
 
 MIB = 1 << 20
 
@@ -95,8 +95,6 @@ def _as_version_1(pin: Path, *, key: bool = True) -> None:
     """Rewrite a pin file as the old code wrote it (no checksum), optionally without its key (a root
     fetched from the network)."""
     import msgpack
-
-    from node.store.pinfile import decode_pin_file
 
     parsed, cids = decode_pin_file(pin.read_bytes())
     header = {"v": 1, **parsed.header()}
