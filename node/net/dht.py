@@ -78,7 +78,7 @@ from node.net.dht_lookup import _Collector as _Collector
 from node.net.errors import NetworkError
 from node.net.host import Peer, connect
 from node.net.libp2p_patches.kad_dht import DHT_QUERY_TIMEOUT as DHT_QUERY_TIMEOUT
-from protocol.cid import check_cid
+from protocol.cid import cid_multihash
 
 if TYPE_CHECKING:
     # trio-typing (a py-libp2p dependency) installs trio-stubs, which mypy reads instead of trio's own types
@@ -96,14 +96,12 @@ FIND_GRACE = 2.0  # seconds a lookup goes on for more providers once it knows on
 FIND_RETRY_FIRST = 0.5  # seconds before a lookup that found nothing is tried again (then doubling)
 # a DHT server (py-libp2p 0.8.1) takes at most 10 ADD_PROVIDER per 10 s from one peer and drops the rest
 PROVIDE_SPACING = 1.1
-CID_HEADER = 2  # CIDv1 version byte + raw codec byte, both single-byte varints
-
 assert REPROVIDE_INTERVAL * 3 < RECORD_LIFETIME
 
 
 def provider_key(root: bytes) -> bytes:
     """The DHT key of a root: the multihash inside its CID (raises ``CidError`` if it is not a root)."""
-    return check_cid(root)[CID_HEADER:]
+    return cid_multihash(root)
 
 
 class Dht:
