@@ -121,8 +121,11 @@ def decode_node(plain: bytes, *, root: bool) -> Node:
         raise ManifestError("manifest padding is wrong")
     if not isinstance(fields, dict):
         raise ManifestError("manifest is not a map")
-    if fields.get("v") != FORMAT_VERSION or type(fields.get("v")) is not int:
-        raise ManifestVersionError(f"unsupported manifest version {_shown(fields.get('v'))}: upgrade sealbox")
+    version = fields.get("v")
+    if type(version) is not int:  # missing, or not an integer (True == 1, yet it is no version)
+        raise ManifestError(f"manifest version is not an integer: {_shown(version)}")
+    if version != FORMAT_VERSION:
+        raise ManifestVersionError(f"unsupported manifest version {_shown(version)}: upgrade sealbox")
     kind = fields.get("kind")
     if kind == "file":
         allowed = _FILE_KEYS
