@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
 from protocol.cid import cid_from_text, cid_to_text
-from protocol.errors import CidError, LinkError
+from protocol.errors import CidError, LinkDamagedError, LinkError, LinkVersionError
 from protocol.manifest import MAX_SIZE
 from protocol.seal import KEY_LEN
 
@@ -112,7 +112,9 @@ def _params(part: str) -> list[tuple[str, str]]:
 
 
 def parse_link(text: str) -> ShareLink:
-    """Parse a share link; anything malformed, damaged or unknown raises :class:`LinkError`."""
+    """Parse a share link; anything malformed, damaged or unknown raises :class:`LinkError` (its
+    subclasses :class:`LinkDamagedError` and :class:`LinkVersionError` for a cut or changed copy and
+    for a version this program does not read)."""
     if not isinstance(text, str):
         raise LinkError("link must be text")
     text = text.strip()
@@ -124,15 +126,30 @@ def parse_link(text: str) -> ShareLink:
         raise LinkError("link holds characters a link cannot hold: copy it again")
     body, sep, check = text.rpartition("&c=")
     if not sep or "#" not in body:
-        raise LinkError("link is incomplete: copy the whole link, including the part after '#'")
+        raise LinkDamagedError("link is incomplete: copy the whole link, including the part after '#'")
     if not _CHECK_RE.fullmatch(check) or check != _checksum(body):
-        raise LinkError("link is damaged (checksum mismatch): copy it again")
+        raise LinkDamagedError("link is damaged (checksum mismatch): copy it again")
     query, _, fragment = body[len(SCHEME) + 1 :].partition("#")
+    root, peers = _parse_query(query)
+    key, display, size = _parse_fragment(fragment)
+    try:
+        link = ShareLink(root, key, display, size, peers)
+    except ValueError as exc:
+        raise LinkError(str(exc)) from None
+    if format_link(link) != text:
+        raise LinkError("link is not in canonical form: copy it again")
+    return link
+
+
+def _parse_query(query: str) -> tuple[bytes, tuple[str, ...]]:
+    """``v`` first, then one ``xt``, then ``pe`` only: the root and the peer hints (decoded)."""
     qparams = _params(query)
     if not qparams or qparams[0][0] != "v":
         raise LinkError("link has no version")
     if qparams[0][1] != str(LINK_VERSION):
-        raise LinkError(f"link version {qparams[0][1][:8]!r} is not supported by this sealbox: upgrade it")
+        raise LinkVersionError(
+            f"link version {qparams[0][1][:8]!r} is not supported by this sealbox: upgrade it"
+        )
     root: bytes | None = None
     peers: list[str] = []
     for name, value in qparams[1:]:
@@ -149,6 +166,11 @@ def parse_link(text: str) -> ShareLink:
             raise LinkError(f"link has an unexpected parameter {name[:16]!r}")
     if root is None:
         raise LinkError("link has no root (xt)")
+    return root, tuple(peers)
+
+
+def _parse_fragment(fragment: str) -> tuple[bytes, str | None, int | None]:
+    """``k``, then optional ``dn`` and ``xl``, in that order: the key, display name and size."""
     key: bytes | None = None
     display: str | None = None
     size: int | None = None
@@ -168,13 +190,7 @@ def parse_link(text: str) -> ShareLink:
             size = int(value)
     if key is None:
         raise LinkError("link has no key: copy the whole link, including the part after '#'")
-    try:
-        link = ShareLink(root, key, display, size, tuple(peers))
-    except ValueError as exc:
-        raise LinkError(str(exc)) from None
-    if format_link(link) != text:
-        raise LinkError("link is not in canonical form: copy it again")
-    return link
+    return key, display, size
 
 
 def _decode_key(value: str) -> bytes:

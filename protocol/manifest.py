@@ -12,9 +12,10 @@ from typing import Any, Literal
 import msgpack
 
 from protocol.cid import CID_LEN, check_cid, verify_block
-from protocol.errors import CidError, DecryptError, ManifestError
-from protocol.names import check_name
+from protocol.errors import CidError, DecryptError, ManifestError, ManifestVersionError
+from protocol.names import FolderNames, check_name
 from protocol.padding import padded_size
+from protocol.seal import MAX_LEVEL as MAX_LEVEL  # re-exported: the stream code reads it here
 from protocol.seal import NodeKeys
 from protocol.strict_msgpack import Limits, unpack_one, unpacker
 
@@ -22,7 +23,6 @@ FORMAT_VERSION = 1
 MIN_CHUNK = 16 * 1024
 MAX_CHUNK = 1024 * 1024
 DEFAULT_CHUNK = 256 * 1024
-MAX_LEVEL = 8
 MAX_SIZE = 1 << 60  # an upper bound, far beyond any disk, that keeps every count in range
 MAX_NODE_PLAIN = MAX_CHUNK  # node plaintext, padding included, never exceeds this
 
@@ -121,8 +121,11 @@ def decode_node(plain: bytes, *, root: bool) -> Node:
         raise ManifestError("manifest padding is wrong")
     if not isinstance(fields, dict):
         raise ManifestError("manifest is not a map")
-    if fields.get("v") != FORMAT_VERSION or type(fields.get("v")) is not int:
-        raise ManifestError(f"unsupported manifest version {_shown(fields.get('v'))}: upgrade sealbox")
+    version = fields.get("v")
+    if type(version) is not int:  # missing, or not an integer (True == 1, yet it is no version)
+        raise ManifestError(f"manifest version is not an integer: {_shown(version)}")
+    if version != FORMAT_VERSION:
+        raise ManifestVersionError(f"unsupported manifest version {_shown(version)}: upgrade sealbox")
     kind = fields.get("kind")
     if kind == "file":
         allowed = _FILE_KEYS
@@ -177,12 +180,14 @@ def encode_entry(entry: Entry) -> bytes:
 class EntryDecoder:
     """Decodes a directory's entry stream as it arrives, chunk by chunk, with bounded memory.
 
-    Entries must come in strictly increasing order of their UTF-8 names, which also refuses duplicates.
+    Entries must come in strictly increasing order of their UTF-8 names, which also refuses duplicates,
+    and no two names may differ only in case or Unicode normalization (``protocol.names.FolderNames``).
     """
 
     def __init__(self) -> None:
         self._unpacker = unpacker(_LIMITS, ManifestError, "directory listing", 4 * MAX_CHUNK)
         self._last: bytes | None = None
+        self._names = FolderNames()
         self._fed = 0
         self.count = 0
 
@@ -213,6 +218,7 @@ class EntryDecoder:
         if self._last is not None and key <= self._last:
             raise ManifestError(f"directory entries are duplicated or out of order at {name[:64]!r}")
         self._last = key
+        self._names.add(name)
         self.count += 1
         return Entry(name, number, cid)
 

@@ -27,7 +27,7 @@ from protocol.errors import DecryptError
 KEY_LEN = 32
 TAG_LEN = 16
 MAX_POSITION = (1 << 64) - 1
-MAX_LEVEL = 8
+MAX_LEVEL = 8  # index levels a stream may have (K_index's level is 1..8); its one definition
 
 
 def new_key() -> bytes:

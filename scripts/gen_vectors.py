@@ -3,7 +3,9 @@
 
 Every input is derived from a seed string, so the files are reproducible byte for byte:
 ``key(seed) = SHA-256("sealbox vector key " + seed)`` and ``data(seed, n)`` is the first n bytes of
-``SHA-256(seed || u32be(0)) || SHA-256(seed || u32be(1)) || ...``.
+``SHA-256(seed || u32be(0)) || SHA-256(seed || u32be(1)) || ...`` (specs/format.md, *Test vectors*).
+Trees too large to ship whole (index levels 1 and 2) ship sample blocks: the root, the index blocks on
+the way to a few data blocks, and those data blocks.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import msgpack
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from protocol.cid import cid_of, cid_to_text  # noqa: E402
+from protocol.cid import CID_LEN, cid_of, cid_to_text  # noqa: E402
 from protocol.link import ShareLink, format_link  # noqa: E402
+from protocol.manifest import Entry, Node, encode_entry, encode_node, fanout  # noqa: E402
 from protocol.messages import (  # noqa: E402
     MAX_FRAME,
     PROTOCOL_ID,
@@ -34,8 +37,10 @@ from protocol.messages import (  # noqa: E402
     encode_message,
     uvarint,
 )
+from protocol.names import fold_name  # noqa: E402
 from protocol.padding import padded_size  # noqa: E402
 from protocol.seal import NodeKeys, subkey  # noqa: E402
+from protocol.stream import Chunker, IndexBuilder, seal_chunk  # noqa: E402
 from protocol.tree import Dir, File, Item, seal_tree  # noqa: E402
 
 VECTORS = ROOT / "specs" / "vectors"
@@ -116,7 +121,7 @@ def describe(item: Item) -> dict[str, Any]:
 
 
 def tree_cases() -> list[tuple[str, str, Item, int, str | None]]:
-    """(case, root name, content, chunk size, seed of a generated file or None)."""
+    """(case, root name, content, chunk size, None): trees shipped whole, every block inline."""
     return [
         ("small-file", "hello.txt", File(b"Hello, Sealbox!\n"), 256 * 1024, None),
         ("empty-file", "empty", File(b""), 256 * 1024, None),
@@ -138,38 +143,122 @@ def tree_cases() -> list[tuple[str, str, Item, int, str | None]]:
             16 * 1024,
             None,
         ),
-        ("index-level-1", "big.bin", File(data("index", 300 * 16 * 1024)), 16 * 1024, "index"),
     ]
 
 
 def tree_vectors() -> list[dict[str, Any]]:
     out = []
-    for case, name, item, chunk_size, seed in tree_cases():
+    for case, name, item, chunk_size, _seed in tree_cases():
         master = key(case)
         root, blocks = seal_tree(master, name, item, chunk_size)
-        vector: dict[str, Any] = {
-            "case": case,
-            "master_key": master.hex(),
-            "chunk_size": chunk_size,
-            "name": name,
-            "root": cid_to_text(root),
-        }
-        if seed is not None and isinstance(item, File):
-            vector["content"] = {
-                "kind": "file",
-                "executable": item.executable,
-                "data_seed": seed,
-                "length": len(item.data),
+        out.append(
+            {
+                "case": case,
+                "master_key": master.hex(),
+                "chunk_size": chunk_size,
+                "name": name,
+                "root": cid_to_text(root),
+                "content": describe(item),
+                "blocks": {cid_to_text(c): blocks[c].hex() for c in sorted(blocks, key=cid_to_text)},
             }
-            cids = sorted(cid_to_text(c) for c in blocks)
-            vector["block_count"] = len(cids)
-            vector["block_bytes"] = sum(len(b) for b in blocks.values())
-            vector["cids_sha256"] = hashlib.sha256("\n".join(cids).encode()).hexdigest()
-        else:
-            vector["content"] = describe(item)
-            vector["blocks"] = {cid_to_text(c): blocks[c].hex() for c in sorted(blocks, key=cid_to_text)}
-        out.append(vector)
+        )
+    cs = 16 * 1024  # the least chunk size: the smallest files that need index blocks
+    fan = fanout(cs)
+    # level 1: 1,008 data blocks under 3 index blocks (455, 455, 98 CIDs); its last content byte is in
+    # data block 1,000 and blocks 1,001-1,007 are padding only
+    length = 1000 * cs + 5
+    out.append(
+        big_file_vector("index-level-1", "big.bin", length, "index", [0, fan - 1, fan, 2 * fan, 1000, 1007])
+    )
+    # level 2: 116,736 data blocks, 257 level-1 index blocks, 1 level-2 block (a 1.9 GB file of zeros)
+    length = 1_900_000_000
+    out.append(big_file_vector("index-level-2", "zeros.bin", length, None, [0, fan - 1, fan, 116_735]))
     return out
+
+
+def big_file_vector(
+    case: str, name: str, length: int, seed: str | None, samples: list[int]
+) -> dict[str, Any]:
+    """A file of ``length`` bytes (``data(seed, length)``, or zeros without a seed) at 16 KiB chunks,
+    sealed streaming; the vector ships the root, the data blocks at positions ``samples`` and every
+    index block on their way down from the root, and digests of the rest."""
+    cs = 16 * 1024
+    master = key(case)
+    keys = NodeKeys(master, 0)
+    content = data(seed, length) if seed is not None else None
+    chunker = Chunker(cs)
+    index = IndexBuilder(keys, cs)
+    kept: dict[bytes, bytes] = {}  # index blocks (all) and the sampled data blocks
+    leaves = hashlib.sha256()
+    cids: list[str] = []
+    total = 0
+
+    def store(cid: bytes, block: bytes, keep: bool) -> None:
+        nonlocal total
+        cids.append(cid_to_text(cid))
+        total += len(block)
+        if keep:
+            kept[cid] = block
+
+    def seal(position: int, chunk: bytes) -> None:
+        cid, block = seal_chunk(keys.data, position, chunk)
+        leaves.update(cid)
+        store(cid, block, position in samples)
+        for index_cid, index_block in index.add(cid):
+            store(index_cid, index_block, True)
+
+    zero = bytes(cs)
+    for start in range(0, length, cs):
+        piece = content[start : start + cs] if content is not None else zero[: min(cs, length - start)]
+        for position, chunk in chunker.feed(piece):
+            seal(position, chunk)
+    for position, chunk in chunker.finish():
+        seal(position, chunk)
+    level, top, more = index.finish()
+    for index_cid, index_block in more:
+        store(index_cid, index_block, True)
+    node_block = keys.node.seal(0, encode_node(Node("file", length, cs, level, top, False, name)))
+    root = cid_of(node_block)
+    store(root, node_block, True)
+    shipped = [{"stream": "node", "cid": cid_to_text(root), "block": node_block.hex()}]
+    for lvl, position, cid in _sample_paths(keys, cs, level, top, kept, samples):
+        row: dict[str, Any] = {"stream": "index" if lvl else "data", "level": lvl, "position": position}
+        shipped.append({**row, "cid": cid_to_text(cid), "block": kept[cid].hex()})
+    counts = Node("file", length, cs, level, top).counts()
+    generated: dict[str, Any] = {"data_seed": seed} if seed is not None else {"zeros": True}
+    return {
+        "case": case,
+        "master_key": master.hex(),
+        "chunk_size": cs,
+        "name": name,
+        "root": cid_to_text(root),
+        "content": {"kind": "file", "executable": False, **generated, "length": length},
+        "levels": counts,
+        "block_count": len(cids),
+        "block_bytes": total,
+        "cids_sha256": hashlib.sha256("\n".join(sorted(cids)).encode()).hexdigest(),
+        "leaves_sha256": leaves.hexdigest(),
+        "sample_blocks": shipped,
+    }
+
+
+def _sample_paths(
+    keys: NodeKeys, cs: int, level: int, top: tuple[bytes, ...], kept: dict[bytes, bytes], samples: list[int]
+) -> list[tuple[int, int, bytes]]:
+    """``(level, position, cid)`` of every block from the top down to each sampled data block, each
+    once, in order (index blocks of the highest level first, data blocks last)."""
+    fan = fanout(cs)
+    found: dict[tuple[int, int], bytes] = {}
+    for sample in samples:
+        cid = top[sample // fan**level]
+        for lvl in range(level, 0, -1):
+            position = sample // fan**lvl
+            found[(lvl, position)] = cid
+            plain = keys.index(lvl).open(position, kept[cid])
+            child = (sample // fan ** (lvl - 1)) % fan
+            cid = plain[child * CID_LEN : (child + 1) * CID_LEN]
+        found[(0, sample)] = cid
+    return [(lvl, pos, found[(lvl, pos)]) for lvl, pos in sorted(found, key=lambda k: (-k[0], k[1]))]
 
 
 def _pack_pairs(pairs: list[tuple[Any, Any]]) -> bytes:
@@ -194,15 +283,19 @@ def invalid_node_vectors() -> list[dict[str, Any]]:
         ("x", False),
         ("name", "f"),
     ]
-    cases: list[tuple[str, list[tuple[Any, Any]], str]] = [
-        ("repeated-x", [*base, ("x", True)], "repeats the map key 'x'"),
-        ("repeated-name", [*base, ("name", "g")], "repeats the map key 'name'"),
-        ("repeated-same-value", [base[0], *base], "repeats the map key 'v'"),
-        ("bytes-key", [*base, (b"v", 1)], "map key that is not text"),
-        ("too-deep", [("v", [[[1]]]), *base[1:]], "nests deeper than 2 levels"),
+    cases: list[tuple[str, list[tuple[Any, Any]], str, str]] = [
+        ("repeated-x", [*base, ("x", True)], "bad-manifest", "the map repeats the key 'x'"),
+        ("repeated-name", [*base, ("name", "g")], "bad-manifest", "the map repeats the key 'name'"),
+        ("repeated-same-value", [base[0], *base], "bad-manifest", "the map repeats 'v' with one value"),
+        ("bytes-key", [*base, (b"v", 1)], "bad-manifest", "a map key that is bin, not str"),
+        ("too-deep", [("v", [[[1]]]), *base[1:]], "bad-manifest", "containers nest deeper than 2"),
+        ("version-2", [("v", 2), *base[1:]], "unsupported-version", "format version 2"),
+        ("bool-version", [("v", True), *base[1:]], "bad-manifest", "v is a bool, not an int"),
+        ("c1-root-name", [*base[:-1], ("name", "a\u0085b")], "unsafe-name", "the root name holds U+0085"),
+        ("device-root-name", [*base[:-1], ("name", "LPT\u00b3.txt")], "unsafe-name", "LPT³ is a device"),
     ]
     out = []
-    for case, pairs, error in cases:
+    for case, pairs, category, why in cases:
         master = key("invalid node " + case)
         packed = _pack_pairs(pairs)
         plain = packed + bytes(padded_size(len(packed)) - len(packed))
@@ -214,21 +307,185 @@ def invalid_node_vectors() -> list[dict[str, Any]]:
                 "root": cid_to_text(cid_of(block)),
                 "plaintext": plain.hex(),
                 "block": block.hex(),
-                "error": error,
+                "category": category,
+                "why": why,
             }
         )
     return out
+
+
+NFC_E, NFD_E = "\u00e9", "e\u0301"
+
+UNSAFE_NAMES: list[tuple[str, str]] = [
+    ("", "empty"),
+    (".", "dot"),
+    ("..", "dot-dot"),
+    ("a/b", "slash"),
+    ("a\\b", "backslash"),
+    ("a\x00b", "NUL"),
+    ("tab\there", "C0 control"),
+    ("del\x7f", "DEL"),
+    ("next\x85line", "C1 control U+0085"),
+    ("csi\x9b", "C1 control U+009B"),
+    ("x" * 256, "256 bytes"),
+    (NFC_E * 128, "256 UTF-8 bytes"),
+    ("con", "device name, any case"),
+    ("NUL.txt", "device name with an extension"),
+    ("Con.tar.gz", "the stem is everything before the first dot"),
+    ("CON .txt", "trailing spaces of the stem are ignored"),
+    ("aux  ", "trailing spaces of the stem are ignored"),
+    ("lpt9.log", "LPT1-LPT9"),
+    ("COM\u00b9", "superscript one"),
+    ("lpt\u00b2.txt", "superscript two"),
+    ("CON\u0131N$", "dotless i uppercases to I"),
+    ("conout$", "CONOUT$"),
+]
+SAFE_NAMES = [
+    "a",
+    "a..b",
+    ".hidden",
+    "x" * 255,
+    NFC_E * 127,
+    NFD_E,
+    "\u65e5\u672c\u8a9e.txt",
+    "\U0001f600",
+    "with space",
+    " con",
+    "CONSOLE",
+    "con_",
+    "com10",
+    "COM0",
+    "LPT\u2074",
+    "\u00a0\u00a0",
+    "nul\u00a0",
+]
+COLLIDING = [
+    (["a.txt", "A.txt"], "case"),
+    ([NFC_E, NFD_E], "NFC beside NFD"),
+    (["Caf" + NFD_E, "CAF" + NFC_E], "case and normalization"),
+    (["stra\u00dfe", "STRASSE"], "full case folding: \u00df folds to ss"),
+    (["\ufb01le", "FILE"], "full case folding: the ligature \ufb01 folds to fi"),
+    (["\u212a", "k"], "KELVIN SIGN is canonically K"),
+    (["\u03c3", "\u03c2"], "final sigma folds to sigma"),
+    (["\u2126", "\u03c9"], "OHM SIGN is canonically \u03a9, which folds to \u03c9"),
+]
+DISTINCT = [
+    (["a", "b"], "different letters"),
+    (["e", NFC_E], "an accent is not case"),
+    (["\u0131", "i"], "dotless i folds to itself"),
+    (["a", "a "], "a trailing space is part of the name"),
+    (["\u00c5", "A"], "a ring is not case"),
+]
+
+
+def _utf8(name: str) -> str:
+    return name.encode("utf-8", "surrogatepass").hex()
+
+
+def name_vectors() -> dict[str, Any]:
+    """Names one by one (specs/format.md, *Names*) and pairs of names in one folder: a pair collides
+    when the names fold alike (``fold`` is NFD(casefold(NFD(name))), given as UTF-8 hex)."""
+    for names, _why in DISTINCT:
+        assert len({fold_name(n) for n in names}) == len(names), names
+    return {
+        "unsafe": [
+            {"name": n, "utf8": _utf8(n), "category": "unsafe-name", "why": w} for n, w in UNSAFE_NAMES
+        ],
+        "safe": [{"name": n, "utf8": _utf8(n)} for n in SAFE_NAMES],
+        "colliding": [
+            {"names": ns, "folded": [_utf8(fold_name(n)) for n in ns], "category": "unsafe-name", "why": w}
+            for ns, w in COLLIDING
+        ],
+        "distinct": [
+            {"names": ns, "folded": [_utf8(fold_name(n)) for n in ns], "why": w} for ns, w in DISTINCT
+        ],
+    }
+
+
+def _seal_stream(
+    keys: NodeKeys, content: bytes, cs: int, blocks: dict[bytes, bytes]
+) -> tuple[int, tuple[bytes, ...]]:
+    chunker = Chunker(cs)
+    index = IndexBuilder(keys, cs)
+    for position, chunk in [*chunker.feed(content), *chunker.finish()]:
+        cid, block = seal_chunk(keys.data, position, chunk)
+        blocks[cid] = block
+        blocks.update(index.add(cid))
+    level, top, more = index.finish()
+    blocks.update(more)
+    return level, top
+
+
+def _raw_folder(master: bytes, names: list[str], cs: int = 16 * 1024) -> tuple[bytes, dict[bytes, bytes]]:
+    """A root folder named "folder" whose entries are small files named ``names``, in the order given and
+    unchecked (the reference sealer would refuse them): for trees a decoder MUST refuse."""
+    blocks: dict[bytes, bytes] = {}
+
+    def node(number: int, kind: str, content: bytes, name: str | None) -> bytes:
+        keys = NodeKeys(master, number)
+        level, top = _seal_stream(keys, content, cs, blocks)
+        block = keys.node.seal(0, encode_node(Node(kind, len(content), cs, level, top, False, name)))  # type: ignore[arg-type]
+        blocks[cid_of(block)] = block
+        return cid_of(block)
+
+    listing = b"".join(
+        encode_entry(Entry(n, i, node(i, "file", f"file {i}\n".encode(), None)))
+        for i, n in enumerate(names, 1)
+    )
+    return node(0, "dir", listing, "folder"), blocks
+
+
+def invalid_tree_vectors() -> list[dict[str, Any]]:
+    """Whole trees (every block inline) that open under their key but that a decoder MUST refuse,
+    writing nothing."""
+    cases = [
+        ("case-collision", ["A.txt", "a.txt"], "unsafe-name"),
+        ("normalization-collision", [NFD_E, NFC_E], "unsafe-name"),
+        ("casefold-collision", ["STRASSE", "stra\u00dfe"], "unsafe-name"),
+        ("c1-control", ["ok", "bad\x9b"], "unsafe-name"),
+        ("superscript-device", ["COM\u00b9.txt", "ok"], "unsafe-name"),
+        ("unsorted", ["b", "a"], "bad-manifest"),
+        ("duplicate", ["a", "a"], "bad-manifest"),
+    ]
+    out = []
+    for case, names, category in cases:
+        master = key("invalid tree " + case)
+        root, blocks = _raw_folder(master, names)
+        out.append(
+            {
+                "case": case,
+                "master_key": master.hex(),
+                "root": cid_to_text(root),
+                "names": names,
+                "category": category,
+                "blocks": {cid_to_text(c): blocks[c].hex() for c in sorted(blocks, key=cid_to_text)},
+            }
+        )
+    return out
+
+
+PEER_ID = "12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp"
+PEER_HINTS = [
+    (f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER_ID}",),
+    (f"/ip6/2001:db8::7/tcp/4001/p2p/{PEER_ID}", f"/dns4/peer-1.example.org/tcp/4001/p2p/{PEER_ID}"),
+    ("/dns/example.com/tcp/443/tls/http-path/%2Fsb%3Fa%26b",),
+    ("/x/" + ":" * 253,),  # 256 characters, 762 once encoded: the limit is on the hint, not its encoding
+    ("/ip6/::1/udp/4001/quic-v1", "/dns6/h_x~y.example/tcp/1/wss"),
+]
 
 
 def link_vectors() -> dict[str, Any]:
     root = cid_of(b"sealbox link vector root")
     master = key("link")
     valid = []
-    for name, size, peers in (
+    cases: list[tuple[str | None, int | None, tuple[str, ...]]] = [
         (None, None, ()),
         ("Holiday photos \u00e9t\u00e9 & more", 123_456_789, ()),
-        (None, 0, ("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp",)),
-    ):
+        *((None, 0, peers) for peers in PEER_HINTS[:1]),
+        ("a/b?c#d", None, PEER_HINTS[1]),
+        *((None, None, peers) for peers in PEER_HINTS[2:]),
+    ]
+    for name, size, peers in cases:
         link = ShareLink(root, master, name, size, peers)
         valid.append(
             {
@@ -242,33 +499,45 @@ def link_vectors() -> dict[str, Any]:
         )
     good = valid[0]["link"]
     body = good.rsplit("&c=", 1)[0]
+    query, fragment = body.split("#")
+    v6 = "pe=/ip6/%3A%3A1/tcp/4001"
+
+    def hinted(*hints: str) -> str:
+        return _with_checksum(query + "".join("&" + h for h in hints) + "#" + fragment)
+
     invalid = [
-        {"link": good.replace("sealbox:", "magnet:", 1), "error": "not a sealbox link"},
-        {"link": body, "error": "incomplete"},
-        {"link": good[:-1] + ("0" if good[-1] != "0" else "1"), "error": "checksum"},
-        {"link": good.split("#")[0], "error": "incomplete"},
-        {"link": _with_checksum(body.replace("v=1", "v=2", 1)), "error": "not supported"},
-        {"link": _with_checksum(body + "&zz=1"), "error": "unexpected parameter"},
-        {"link": _with_checksum(body.replace("k=", "k=A", 1)), "error": "key is malformed"},
-        {
-            "link": _with_checksum(body.replace(cid_to_text(root), cid_to_text(root)[:20], 1)),
-            "error": "root is invalid",
-        },
-        {
-            "link": _with_checksum(body.replace("xt=urn:sealbox:b", "xt=urn:sealbox:B", 1)),
-            "error": "canonical form",
-        },
-        {"link": _with_checksum(body + "&xl=01"), "error": "not a number"},
-        {"link": "sealbox:?" + "a" * 5000, "error": "longer than"},
-        {"link": _with_checksum(body.replace("v=1", "v=1&v=1", 1)), "error": "repeats the parameter 'v'"},
-        {"link": _with_checksum(_repeat(body, "xt=")), "error": "repeats the parameter 'xt'"},
-        {"link": _with_checksum(_repeat(body, "k=")), "error": "repeats the parameter 'k'"},
-        {
-            "link": _with_checksum(body.replace(cid_to_text(root), "u=", 1)),
-            "error": "root is invalid",
-        },
+        (good.replace("sealbox:", "magnet:", 1), "bad-link", "not a sealbox: link"),
+        (body, "damaged-link", "no checksum"),
+        (good[:-1] + ("0" if good[-1] != "0" else "1"), "damaged-link", "checksum mismatch"),
+        (good.split("#")[0], "damaged-link", "no fragment"),
+        (_with_checksum(body.replace("v=1", "v=2", 1)), "unsupported-version", "version 2"),
+        (_with_checksum(body + "&zz=1"), "bad-link", "unknown parameter"),
+        (_with_checksum(body.replace("k=", "k=A", 1)), "bad-link", "key is 44 characters"),
+        (_with_checksum(body.replace(cid_to_text(root), cid_to_text(root)[:20], 1)), "bad-link", "root cut"),
+        (
+            _with_checksum(body.replace("xt=urn:sealbox:b", "xt=urn:sealbox:B", 1)),
+            "bad-link",
+            "upper-case root",
+        ),
+        (_with_checksum(body + "&xl=01"), "bad-link", "size with a leading zero"),
+        ("sealbox:?" + "a" * 5000, "bad-link", "over 4,096 characters"),
+        (_with_checksum(body.replace("v=1", "v=1&v=1", 1)), "bad-link", "v repeated"),
+        (_with_checksum(_repeat(body, "xt=")), "bad-link", "xt repeated"),
+        (_with_checksum(_repeat(body, "k=")), "bad-link", "k repeated"),
+        (_with_checksum(body.replace(cid_to_text(root), "u=", 1)), "bad-link", "root is not a CID"),
+        (hinted(v6.replace("%3A", "%3a")), "bad-link", "lower-case hex in a peer hint"),
+        (hinted("pe=/ip6/::1/tcp/4001"), "bad-link", "':' not percent-encoded"),
+        (hinted("pe=/x%2Fy"), "bad-link", "'/' percent-encoded"),
+        (hinted("pe=/a%7Eb"), "bad-link", "'~' percent-encoded"),
+        (hinted("pe=/x/" + "a" * 254), "bad-link", "a hint of 257 characters"),
+        (hinted("pe=/a%20b"), "bad-link", "a space in a hint"),
+        (hinted("pe=/caf%C3%A9"), "bad-link", "a non-ASCII hint"),
+        (hinted("pe=ip4/1.2.3.4"), "bad-link", "a hint not starting with '/'"),
+        (hinted(*[v6] * 9), "bad-link", "nine hints"),
+        (_with_checksum(body.replace("&xt=", "&" + v6 + "&xt=", 1)), "bad-link", "a hint before xt"),
+        (_with_checksum(body.replace("#k=", "#" + v6 + "&k=", 1)), "bad-link", "a hint in the fragment"),
     ]
-    return {"valid": valid, "invalid": invalid}
+    return {"valid": valid, "invalid": [{"link": t, "category": c, "why": w} for t, c, w in invalid]}
 
 
 def exchange_vectors() -> dict[str, Any]:
@@ -336,6 +605,8 @@ def build() -> dict[str, Any]:
         "links.json": link_vectors(),
         "exchange.json": exchange_vectors(),
         "invalid-nodes.json": invalid_node_vectors(),
+        "invalid-trees.json": invalid_tree_vectors(),
+        "names.json": name_vectors(),
     }
 
 

@@ -33,7 +33,7 @@ from protocol.cid import cid_of
 from protocol.errors import ProtocolError, UnsafeNameError
 from protocol.link import ShareLink
 from protocol.manifest import DEFAULT_CHUNK, Entry, Node, check_chunk_size, encode_entry, encode_node
-from protocol.names import check_name
+from protocol.names import check_name, colliding_names
 from protocol.seal import NodeKeys, StreamKey, new_key
 from protocol.stream import Chunker, IndexBuilder, content_length, seal_chunk
 
@@ -223,6 +223,7 @@ class _Adder:
                 children = sorted(it, key=lambda e: os.fsencode(e.name))
         except OSError as exc:
             raise InputError(f"cannot read {path}: {exc.strerror}") from None
+        _refuse_colliding_names(path, children)
         digest = DirDigest()
         entries = iter(children)
 
@@ -248,6 +249,19 @@ class _Adder:
         size, level, top = self._stream(keys, pieces)
         cid = self._node(keys, Node("dir", size, self.cs, level, top, False, name))
         return cid, digest.finish() if self.hashing else None, "dir"
+
+
+def _refuse_colliding_names(path: Path, children: list[os.DirEntry[str]]) -> None:
+    """Refuse a folder two of whose entries would be one file on macOS or Windows (``a.txt`` and
+    ``A.txt``, or a name composed and decomposed): a decoder refuses such a folder (specs/format.md,
+    *Names*), and the adder keeps names as they are rather than rename one."""
+    kept = (c.name for c in children if c.is_dir(follow_symlinks=False) or c.is_file(follow_symlinks=False))
+    pair = colliding_names(kept)
+    if pair is not None:
+        raise InputError(
+            f"cannot add {path}: it holds {pair[0]!r} and {pair[1]!r}, names that differ only in case or "
+            "Unicode normalization and would be one file on macOS and Windows: rename one"
+        )
 
 
 def _alike(repo: Repo, path: Path) -> list[Pin]:

@@ -8,6 +8,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from node.files.add import add_path
+from node.files.errors import InputError
 from node.files.get import get_link
 from node.store.repo import Repo
 from protocol.cid import cid_of
@@ -194,3 +196,59 @@ def test_hand_built_tree_round_trips(repo: Repo, tmp_path: Path) -> None:
     assert sorted(os.listdir(got.path)) == sorted(names)
     for n in names:
         assert (got.path / n).read_bytes() == n.encode()
+
+
+# -- names that one folder cannot hold on macOS and Windows ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a\x80b", "a\x85b", "csi\x9b", "\x9f"])
+def test_c1_controls_are_refused_like_c0(name: str) -> None:
+    with pytest.raises(UnsafeNameError):
+        check_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["COM\u00b9", "com\u00b2.txt", "LPT\u00b3", "lpt\u00b9.tar.gz", "CON\u0131N$"]
+)
+def test_superscript_ports_and_dotless_i_are_device_names(name: str) -> None:
+    with pytest.raises(UnsafeNameError):
+        check_name(name)
+
+
+@pytest.mark.parametrize("pair", [("a.txt", "A.txt"), ("\u00e9", "e\u0301"), ("Stra\u00dfe", "STRASSE")])
+def test_adder_refuses_a_folder_whose_names_fold_alike(
+    repo: Repo, tmp_path: Path, pair: tuple[str, str]
+) -> None:
+    """Both files exist side by side here (ext4 keeps them apart); on macOS or Windows they would be one."""
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    for name in pair:
+        (folder / "sub" / name).write_text(name)
+    with pytest.raises(InputError) as refused:
+        add_path(repo, folder)
+    message = str(refused.value)
+    assert "\n" not in message and repr(pair[0]) in message and repr(pair[1]) in message
+    assert "case or Unicode normalization" in message
+    assert repo.pins() == []
+
+
+def test_adder_ignores_a_skipped_symlink_when_it_checks_names(repo: Repo, tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    (folder / "A.txt").symlink_to("a.txt")  # skipped with a warning: no collision in the tree
+    warnings: list[str] = []
+    result = add_path(repo, folder, warn=warnings.append)
+    assert len(warnings) == 1 and result.pin.kind == "dir"
+
+
+def test_names_are_kept_as_given(repo: Repo, tmp_path: Path) -> None:
+    """Neither the adder nor get rewrites a name: an NFD name comes back NFD, upper case stays upper."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    names = ["e\u0301t\u00e9", "README", "x\u00c5"]
+    for name in names:
+        (folder / name).write_text(name)
+    result = add_path(repo, folder)
+    got = get_link(repo, result.link, tmp_path / "out")
+    assert sorted(os.listdir(got.path)) == sorted(names)

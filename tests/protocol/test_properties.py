@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import unicodedata
 
 import pytest
 from hypothesis import assume, example, given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from multiformats import CID
 
 from protocol.cid import CID_LEN, CID_PREFIX, TEXT_LEN, check_cid, cid_from_text, cid_of, cid_to_text
-from protocol.errors import CidError, LinkError, ManifestError
+from protocol.errors import CidError, LinkError, ManifestError, UnsafeNameError
 from protocol.link import MAX_LINK_LEN, MAX_PEERS, ShareLink, format_link, parse_link
 from protocol.manifest import (
     MAX_SIZE,
@@ -27,7 +28,7 @@ from protocol.manifest import (
     level_counts,
     top_max,
 )
-from protocol.names import check_name
+from protocol.names import check_name, fold_name
 from protocol.padding import MIN_PADDED, padded_size
 from protocol.seal import KEY_LEN, NodeKeys
 from protocol.stream import Chunker, IndexBuilder, iter_leaves
@@ -311,7 +312,7 @@ def test_node_with_wrong_top_is_refused(node: Node, data: st.DataObject) -> None
 
 @st.composite
 def entry_lists(draw: st.DrawFn) -> list[Entry]:
-    chosen = draw(st.lists(names, max_size=30, unique_by=lambda n: n.encode()))
+    chosen = draw(st.lists(names, max_size=30, unique_by=fold_name))  # a folder holds no two alike
     return [
         Entry(name, draw(st.integers(min_value=1, max_value=(1 << 64) - 1)), draw(cids))
         for name in sorted(chosen, key=lambda n: n.encode())
@@ -351,6 +352,29 @@ def test_entry_stream_refuses_disorder_and_truncation(entries: list[Entry], data
     list(decoder.feed(stream[:-1]))
     with pytest.raises(ManifestError):
         decoder.finish()
+
+
+@settings(max_examples=200)
+@given(names, st.data())
+def test_a_folder_refuses_two_names_iff_they_fold_alike(a: str, data: st.DataObject) -> None:
+    """Two different names in one folder, the second often a case or normalization variant of the
+    first: refused exactly when they fold alike (case and Unicode normalization ignored)."""
+    variants = [
+        a.upper(),
+        a.lower(),
+        a.swapcase(),
+        unicodedata.normalize("NFD", a),
+        unicodedata.normalize("NFC", a),
+    ]
+    b = data.draw(names | st.sampled_from(variants))
+    assume(b != a and _valid_name(b))
+    first, second = sorted([a, b], key=lambda n: n.encode())
+    stream = encode_entry(Entry(first, 1, cid_of(b"1"))) + encode_entry(Entry(second, 2, cid_of(b"2")))
+    if fold_name(a) == fold_name(b):
+        with pytest.raises(UnsafeNameError):
+            list(EntryDecoder().feed(stream))
+    else:
+        assert [e.name for e in EntryDecoder().feed(stream)] == [first, second]
 
 
 # -- sealed streams --------------------------------------------------------------------------------------

@@ -311,3 +311,19 @@ def test_the_strict_decoder_refuses_non_text_keys_repeats_and_depth() -> None:
         check_depth([[]], 1)
     check_depth([1, 2], 1)
     check_depth(1, 0)
+
+
+def test_every_protocol_error_class_has_the_category_the_spec_names() -> None:
+    """specs/format.md, *Error categories*: the table and protocol/errors.py agree, class by class."""
+    import protocol.errors as errors
+
+    spec = (Path(__file__).parents[2] / "specs" / "format.md").read_text()
+    table = spec.split("## Error categories", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| `")]
+    named = {cls.strip(" `"): cat.strip(" `") for cat, classes in rows for cls in classes.split(",")}
+    classes = {
+        name: cls
+        for name, cls in vars(errors).items()
+        if isinstance(cls, type) and issubclass(cls, errors.ProtocolError)
+    }
+    assert named == {name: cls.category for name, cls in classes.items()}
