@@ -37,6 +37,7 @@ from node.store.errors import NotFoundError
 from node.store.lease import Lease
 from node.store.repo import Pin, Repo, now
 from node.store.tree_walk import Frontier, TreeSummary, read_tree
+from protocol.errors import ProtocolError
 from protocol.link import ShareLink
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ async def _fetch_leased(
         if pin:
             await trio.to_thread.run_sync(pin_fetched, repo, link)
         return FetchReport(link.root, 0, pinned=pin)
-    failure: NodeError | OSError | None = None
+    failure: NodeError | OSError | ProtocolError | None = None
     async with trio.open_nursery() as nursery:
         if dht is not None and announce:
             # announced at once, in the background: a slow or unreachable DHT peer must not hold up the
@@ -158,7 +159,8 @@ async def _fetch_leased(
             if pin:
                 await trio.to_thread.run_sync(pin_fetched, repo, link)
                 report.pinned = True
-        except (NodeError, OSError) as exc:  # raised below, once the nursery has closed (no exception group)
+        # raised below, once the nursery has closed (no exception group); a ProtocolError: a bad tree
+        except (NodeError, OSError, ProtocolError) as exc:
             failure = exc
         nursery.cancel_scope.cancel()
     if failure is not None:
