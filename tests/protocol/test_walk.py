@@ -126,7 +126,9 @@ def test_every_block_is_named_once_and_deferred_parts_walk_on_when_resumed() -> 
 
 
 def test_a_listing_block_not_yet_readable_is_announced_ahead_and_decoded_in_order() -> None:
-    entries = {f"file-{i:04d}": File(b"") for i in range(1000)}  # a listing of several blocks
+    entries: dict[str, Item] = {
+        f"file-{i:04d}": File(b"") for i in range(1000)
+    }  # a listing of several blocks
     master, root, blocks = sealed(Dir(entries))
     walk = TreeWalk(master, root)
     first = walk.next()
