@@ -38,6 +38,7 @@ from protocol.link import ShareLink  # noqa: E402
 from protocol.manifest import MIN_CHUNK, Node, chunk_count, encode_node  # noqa: E402
 from protocol.seal import NodeKeys, new_key  # noqa: E402
 from protocol.stream import IndexBuilder  # noqa: E402
+from protocol.walk import TreeWalk  # noqa: E402
 
 CS = MIN_CHUNK
 PEER = "provider"
@@ -115,6 +116,14 @@ def fetch(link: ShareLink, metadata: dict[bytes, bytes], *, old: bool) -> tuple[
     return time.process_time() - started, walking, rounds
 
 
+def walk_alone(link: ShareLink, metadata: dict[bytes, bytes]) -> float:
+    """CPU seconds of protocol/walk.py's walk alone, every block held: no store, no lease, no plan."""
+    started = time.process_time()
+    for _step in TreeWalk(link.key, link.root).steps(metadata.__getitem__):
+        pass
+    return time.process_time() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,100000,1000000", help="data blocks, comma-separated")
@@ -123,8 +132,11 @@ def main() -> None:
     parser.add_argument("--old-max", type=int, default=1_000_000, help="largest size --old is run at (once)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    print("CPU microseconds per data block (walk = Frontier.round; fetch = walk + plan + store)")
-    head = f"{'data blocks':>12} {'rounds':>7} {'walk':>7} {'fetch':>7}"
+    print(
+        "CPU microseconds per data block (tree walk = protocol/walk.py alone; walk = Frontier.round;"
+        " fetch = walk + plan + store)"
+    )
+    head = f"{'data blocks':>12} {'rounds':>7} {'tree walk':>9} {'walk':>7} {'fetch':>7}"
     print(head + (f" {'old walk':>9} {'old fetch':>10}" if args.old else ""))
     fetch(*build(1000)[:2], old=False)  # warm up: the first run pays for imports and first calls
     figures = []
@@ -133,7 +145,9 @@ def main() -> None:
         runs = [fetch(link, blocks, old=False) for _ in range(args.runs)]
         total, _, rounds = min(runs)
         figures.append((total / count, min(r[1] for r in runs) / count))
-        line = f"{count:>12,} {rounds:>7} {figures[-1][1] * 1e6:>7.2f} {total / count * 1e6:>7.2f}"
+        alone = min(walk_alone(link, blocks) for _ in range(args.runs)) / count * 1e6
+        walk, whole = figures[-1][1] * 1e6, total / count * 1e6
+        line = f"{count:>12,} {rounds:>7} {alone:>9.2f} {walk:>7.2f} {whole:>7.2f}"
         if args.old and n <= args.old_max:
             old_total, old_walking, _ = fetch(link, blocks, old=True)
             line += f" {old_walking / count * 1e6:>9.2f} {old_total / count * 1e6:>10.2f}"
