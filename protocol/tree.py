@@ -12,13 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocol.cid import cid_of
-from protocol.errors import ManifestError
-from protocol.manifest import Entry, EntryDecoder, Node, encode_entry, encode_node, open_node
+from protocol.manifest import Entry, Node, encode_entry, encode_node
 from protocol.names import check_name
 from protocol.seal import NodeKeys
-from protocol.stream import Chunker, IndexBuilder, iter_leaves, open_content, seal_chunk
-
-MAX_DEPTH = 255
+from protocol.stream import Chunker, IndexBuilder, open_content, seal_chunk
+from protocol.walk import Enter, Exit, Leaves, TreeWalk
 
 
 @dataclass(frozen=True)
@@ -82,33 +80,24 @@ def seal_tree(master: bytes, name: str, item: Item, chunk_size: int) -> tuple[by
 
 
 def open_tree(master: bytes, root: bytes, fetch: Callable[[bytes], bytes]) -> tuple[str, Item]:
-    """Open a sealed tree; every check of the format applies. Returns the root's name and content."""
-    numbers = {0}
-
-    def open_node_at(number: int, cid: bytes, is_root: bool) -> tuple[Node, NodeKeys]:
-        return open_node(master, number, cid, fetch(cid), root=is_root)
-
-    def content(node: Node, keys: NodeKeys) -> bytes:
-        return b"".join(
-            open_content(keys.data, node, i, c, fetch(c)) for i, c in iter_leaves(node, keys, fetch)
-        )
-
-    def build(node: Node, keys: NodeKeys, depth: int) -> Item:
-        if node.kind == "file":
-            return File(content(node, keys), node.executable)
-        if depth > MAX_DEPTH:
-            raise ManifestError("directory tree is nested too deeply")
-        decoder = EntryDecoder()
-        entries: dict[str, Item] = {}
-        for entry in decoder.feed(content(node, keys)):
-            if entry.number in numbers:
-                raise ManifestError("manifest reuses a node number")
-            numbers.add(entry.number)
-            child, child_keys = open_node_at(entry.number, entry.cid, False)
-            entries[entry.name] = build(child, child_keys, depth + 1)
-        decoder.finish()
-        return Dir(entries)
-
-    node, keys = open_node_at(0, root, True)
-    assert node.name is not None
-    return node.name, build(node, keys, 0)
+    """Open a sealed tree; every check of the format applies (protocol/walk.py). Returns the root's name
+    and content."""
+    dirs: list[dict[str, Item]] = [{}]
+    parts: list[bytes] = []
+    for step in TreeWalk(master, root).steps(fetch):
+        info = step.info
+        if isinstance(step, Leaves):
+            keys, node = info.keys, info.node
+            parts += (
+                open_content(keys.data, node, step.start + i, c, fetch(c)) for i, c in enumerate(step.cids)
+            )
+        elif isinstance(step, Enter) and info.node.kind == "dir":
+            dirs.append({})
+        elif isinstance(step, Exit):
+            item: Item = (
+                Dir(dirs.pop()) if info.node.kind == "dir" else File(b"".join(parts), info.node.executable)
+            )
+            parts = []
+            dirs[-1][info.name] = item
+    ((name, item),) = dirs[0].items()
+    return name, item

@@ -36,6 +36,7 @@ from protocol.manifest import DEFAULT_CHUNK, Entry, Node, check_chunk_size, enco
 from protocol.names import check_name, colliding_names
 from protocol.seal import NodeKeys, StreamKey, new_key
 from protocol.stream import Chunker, IndexBuilder, content_length, seal_chunk
+from protocol.walk import MAX_DEPTH
 
 Progress = Callable[[int], None]
 Warn = Callable[[str], None]
@@ -170,6 +171,8 @@ class _Adder:
 
     def add(self, path: Path, name: str | None, depth: int = 0) -> tuple[bytes, bytes | None, str]:
         """Seal ``path``; returns ``(node cid, plaintext digest or None if not hashing, kind)``."""
+        if depth > MAX_DEPTH:  # the decoders' rule (protocol/walk.py): no node deeper than MAX_DEPTH
+            raise InputError(f"{path} is nested too deeply")
         number = self.next_number
         self.next_number += 1
         keys = NodeKeys(self.key, number)
@@ -216,8 +219,6 @@ class _Adder:
     def _add_dir(
         self, path: Path, keys: NodeKeys, name: str | None, depth: int
     ) -> tuple[bytes, bytes | None, str]:
-        if depth >= 255:
-            raise InputError(f"{path} is nested too deeply")
         try:
             with os.scandir(path) as it:
                 children = sorted(it, key=lambda e: os.fsencode(e.name))

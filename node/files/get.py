@@ -10,7 +10,6 @@ manifest and are checked by ``protocol.names``; nothing is ever written outside 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import shutil
 from collections import deque
@@ -28,17 +27,14 @@ from node.store.errors import NotFoundError
 from node.store.fsutil import fsync_dir, full_error, is_full, temp_name
 from node.store.repo import Repo
 from protocol.cid import cid_to_text
-from protocol.errors import LinkError, ManifestError
+from protocol.errors import LinkError
 from protocol.link import ShareLink
-from protocol.manifest import EntryDecoder, Node, open_node
-from protocol.seal import NodeKeys
-from protocol.stream import iter_leaves, open_content
+from protocol.stream import open_content
+from protocol.walk import Enter, Exit, Leaves, NodeInfo, TreeWalk
 
 Progress = Callable[[int], None]
 IN_FLIGHT = 8
 LOCATE_AHEAD = 64  # leaves whose places in the repo are looked up in one query
-MAX_DEPTH = 255
-MAX_NODES = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -53,13 +49,16 @@ def _ignore(_: int) -> None:
     pass
 
 
+Steps = Iterator[Enter | Exit | Leaves]
+
+
 class _Getter:
     def __init__(
         self,
         store: BlockStore,
         key: bytes,
         pool: ThreadPoolExecutor,
-        out: DirectWriter | None = None,  # for write_file; digest() writes nothing
+        out: DirectWriter | None = None,  # for write_tree; digest() writes nothing
         progress: Progress = _ignore,
     ) -> None:
         self.store = store
@@ -67,41 +66,55 @@ class _Getter:
         self.key = key
         self.pool = pool
         self.progress = progress
-        self.numbers: set[int] = {0}
         self.size = 0
         self.files = 0
 
     def fetch(self, cid: bytes, where: Location | None = None) -> bytes:
         return self.store.get(cid, verify=False, where=where)
 
-    def _leaves(self, node: Node, keys: NodeKeys) -> Iterator[tuple[int, bytes, Location | None]]:
-        """``iter_leaves``, with each leaf's place in the repo looked up LOCATE_AHEAD leaves at a time."""
-        leaves = iter_leaves(node, keys, self.fetch)
-        while batch := list(itertools.islice(leaves, LOCATE_AHEAD)):
-            where = self.store.locate(cid for _, cid in batch)
-            for position, cid in batch:
-                yield position, cid, where.get(cid)
+    def walk(self, root: bytes) -> tuple[NodeInfo, Steps]:
+        """The walk of the tree (protocol/walk.py), its metadata read from the repo, and its root."""
+        steps = TreeWalk(self.key, root).steps(self.fetch)
+        try:
+            first = next(steps)
+        except NotFoundError:
+            raise NotFoundError(f"{cid_to_text(root)} is not in this repo") from None
+        assert isinstance(first, Enter)
+        return first.info, steps
 
-    def open_node(self, number: int, cid: bytes, *, root: bool) -> tuple[Node, NodeKeys]:
-        return open_node(self.key, number, cid, self.fetch(cid), root=root)
+    @staticmethod
+    def _runs(steps: Steps) -> Iterator[Leaves]:
+        """A file's runs of leaves: the steps up to its Exit (a file holds no other node)."""
+        for step in steps:
+            if isinstance(step, Exit):
+                return
+            assert isinstance(step, Leaves)
+            yield step
 
-    def stream(self, node: Node, keys: NodeKeys) -> Iterator[bytes]:
-        """The node's plaintext in order, padding removed and checked to be zeros: each chunk is read
-        and opened in a worker thread, at most IN_FLIGHT at once."""
+    def stream(self, info: NodeInfo, runs: Iterator[Leaves]) -> Iterator[bytes]:
+        """The file's plaintext in order, padding removed and checked to be zeros: each chunk is read
+        and opened in a worker thread, at most IN_FLIGHT at once; the leaves' places in the repo are
+        looked up LOCATE_AHEAD at a time."""
         pending: deque[Future[bytes]] = deque()
+        node, key = info.node, info.keys.data
 
         def opened(position: int, cid: bytes, where: Location | None) -> bytes:
-            return open_content(keys.data, node, position, cid, self.fetch(cid, where), verified=True)
+            return open_content(key, node, position, cid, self.fetch(cid, where), verified=True)
 
-        for position, cid, where in self._leaves(node, keys):
-            pending.append(self.pool.submit(opened, position, cid, where))
-            if len(pending) >= IN_FLIGHT:
-                yield pending.popleft().result()
+        for run in runs:
+            for first in range(0, len(run.cids), LOCATE_AHEAD):
+                batch = run.cids[first : first + LOCATE_AHEAD]
+                where = self.store.locate(batch)
+                for i, cid in enumerate(batch, run.start + first):
+                    pending.append(self.pool.submit(opened, i, cid, where.get(cid)))
+                    if len(pending) >= IN_FLIGHT:
+                        yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
-    def write_file(self, node: Node, keys: NodeKeys, path: Path) -> None:
+    def write_file(self, info: NodeInfo, runs: Iterator[Leaves], path: Path) -> None:
         assert self.out is not None
+        node = info.node
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             if node.size:
@@ -109,7 +122,7 @@ class _Getter:
                 os.posix_fallocate(fd, 0, node.size)
             self.out.start_file(fd, node.size)
             try:
-                for content in self.stream(node, keys):
+                for content in self.stream(info, runs):
                     self.out.append(content)
                     self.progress(len(content))
             finally:
@@ -123,46 +136,52 @@ class _Getter:
         self.size += node.size
         self.files += 1
 
-    def children(self, node: Node, keys: NodeKeys, depth: int) -> Iterator[tuple[str, Node, NodeKeys]]:
-        """A directory's entries in order, each as ``(name, node, keys)``; refuses a tree nested too
-        deeply or with too many nodes, and a node number used twice."""
-        if depth > MAX_DEPTH:
-            raise ManifestError("directory tree is nested too deeply")
-        decoder = EntryDecoder()
-        for data in self.stream(node, keys):
-            for entry in decoder.feed(data):
-                if entry.number in self.numbers or len(self.numbers) >= MAX_NODES:
-                    raise ManifestError("manifest reuses a node number or holds too many entries")
-                self.numbers.add(entry.number)
-                yield (entry.name, *self.open_node(entry.number, entry.cid, root=False))
-        decoder.finish()
-
-    def write_dir(self, node: Node, keys: NodeKeys, path: Path, depth: int) -> None:
+    def write_tree(self, root: NodeInfo, steps: Steps, path: Path) -> None:
+        """Write the tree the walk's steps describe at ``path`` (its root's Enter already taken)."""
+        if root.node.kind == "file":
+            self.write_file(root, self._runs(steps), path)
+            return
         os.mkdir(path, 0o700)
-        for name, child, child_keys in self.children(node, keys, depth):
+        dirs = [path]
+        for step in steps:
+            if isinstance(step, Exit):  # a directory's: a file's ends in _runs
+                fsync_dir(dirs[-1])
+                os.chmod(dirs.pop(), 0o777 & ~_umask())
+                continue
+            assert isinstance(step, Enter)
+            info = step.info
+            target = dirs[-1] / info.name
             try:
-                if child.kind == "file":
-                    self.write_file(child, child_keys, path / name)
+                if info.node.kind == "file":
+                    self.write_file(info, self._runs(steps), target)
                 else:
-                    self.write_dir(child, child_keys, path / name, depth + 1)
+                    os.mkdir(target, 0o700)
+                    dirs.append(target)
             except FileExistsError:
                 raise DestinationError(
-                    f"two entries map to the same name {name[:64]!r} on this file system"
+                    f"two entries map to the same name {info.name[:64]!r} on this file system"
                 ) from None
-        fsync_dir(path)
-        os.chmod(path, 0o777 & ~_umask())
 
-    def digest(self, node: Node, keys: NodeKeys, depth: int = 0) -> bytes:
+    def digest(self, root: NodeInfo, steps: Steps) -> bytes:
         """The digest ``add`` makes of the content (node/files/fingerprint.py), made from the blocks."""
-        if node.kind == "file":
-            chunks = FileDigest()
-            for content in self.stream(node, keys):
-                chunks.add(chunk_digest(content))
-            return chunks.finish(node.size, node.executable)
-        entries = DirDigest()
-        for name, child, child_keys in self.children(node, keys, depth):
-            entries.add(name, self.digest(child, child_keys, depth + 1))
-        return entries.finish()
+        dirs: list[DirDigest] = []
+        step: Enter | Exit | Leaves = Enter(root)
+        while True:
+            info = step.info
+            if isinstance(step, Enter) and info.node.kind == "dir":
+                dirs.append(DirDigest())
+            else:
+                if isinstance(step, Enter):  # a file
+                    chunks = FileDigest()
+                    for content in self.stream(info, self._runs(steps)):
+                        chunks.add(chunk_digest(content))
+                    digest = chunks.finish(info.node.size, info.node.executable)
+                else:  # a directory's Exit
+                    digest = dirs.pop().finish()
+                if not dirs:
+                    return digest
+                dirs[-1].add(info.name, digest)
+            step = next(steps)
 
 
 def added_digest(repo: Repo, root: bytes, key: bytes) -> bytes:
@@ -170,9 +189,8 @@ def added_digest(repo: Repo, root: bytes, key: bytes) -> bytes:
     an add that was made without one. The caller holds the repo's lock."""
     with worker_pool(_workers(), "open") as pool:
         getter = _Getter(repo.blocks, key, pool)
-        node, keys = getter.open_node(0, root, root=True)
-        assert node.name is not None  # decode_node(root=True) checks it
-        return add_digest(getter.digest(node, keys), node.name, node.chunk_size)
+        info, steps = getter.walk(root)
+        return add_digest(getter.digest(info, steps), info.name, info.node.chunk_size)
 
 
 def _workers() -> int:
@@ -217,18 +235,11 @@ def get_link(
         contextlib.closing(DirectWriter()) as out,
     ):
         getter = _Getter(repo.blocks, link.key, pool, out, progress)
-        try:
-            node, keys = getter.open_node(0, link.root, root=True)
-        except NotFoundError:
-            raise NotFoundError(f"{cid_to_text(link.root)} is not in this repo") from None
-        assert node.name is not None  # decode_node(root=True) checks it
-        final = resolve_destination(dest, node.name)
+        root, steps = getter.walk(link.root)
+        final = resolve_destination(dest, root.name)
         tmp = final.parent / temp_name("sealbox-get-")
         try:
-            if node.kind == "file":
-                getter.write_file(node, keys, tmp)
-            else:
-                getter.write_dir(node, keys, tmp, 0)
+            getter.write_tree(root, steps, tmp)
             if link.size is not None and link.size != getter.size:
                 raise LinkError("the link's size does not match the content: the link is wrong")
             _rename_no_replace(tmp, final)
@@ -243,7 +254,7 @@ def get_link(
                     shutil.rmtree(tmp)
                 else:
                     tmp.unlink()
-        return GetResult(final, node.kind, getter.size, getter.files)
+        return GetResult(final, root.node.kind, getter.size, getter.files)
 
 
 def _rename_no_replace(src: Path, dst: Path) -> None:

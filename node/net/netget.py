@@ -1,16 +1,19 @@
 """Getting a link from the network: find providers, fetch the whole tree into the repo, pin it.
 
-The tree is fetched in rounds. Each round walks what the repo holds (``node/store/tree_walk.py``, in a worker
-thread) and collects the blocks it lacks - a root, node or index blocks, directory listings, data - then
-fetches them from every provider at once (``node/net/exchange.py``). Metadata needs one round per level of
-the tree; the data of every file comes in the last round, spread over all providers. When nothing is
-missing, the root is pinned with its whole block list (so gc keeps it and the node serves it: it becomes
-a seed) and the output is written by the ordinary local ``get`` (``node/files/get.py``), which checks
-everything again.
+The tree is fetched in rounds. One walk of the tree (``node/store/tree_walk.py``'s ``Frontier``, in a worker
+thread) lasts the whole fetch: each round it looks again only at what the last round asked for, opens
+the metadata blocks that came (a root, node or index blocks, directory listings) and walks on until it
+has a round's worth of blocks the repo lacks, which are then fetched from every provider at once
+(``node/net/exchange.py``). So each block is looked up about once in a whole fetch, whatever the tree's
+size. Metadata needs one round per level of the tree; data is fetched as soon as the walk reaches it,
+spread over all providers. When nothing is missing, the root is pinned with its whole block list (so gc
+keeps it and the node serves it: it becomes a seed) and the output is written by the ordinary local
+``get`` (``node/files/get.py``), which checks everything again.
 
 gc may run at any moment meanwhile (in the daemon, or in another process): the fetch holds a lease
-(``node/store/lease.py``) from start to end, filled with every block each round's walk finds held and every
-block its writer sessions store, and pins under the repo's shared lock, after reading back every block.
+(``node/store/lease.py``) from start to end, filled with every block the walk finds held (written out
+before the round that relies on it starts) and every block its writer sessions store, and pins under the
+repo's shared lock, after reading back every block (once: ``read_tree``).
 """
 
 from __future__ import annotations
@@ -26,21 +29,20 @@ import trio
 from libp2p.abc import IHost
 
 from node.errors import NodeError
-from node.net.dht import Dht, open_dht
+from node.net.dht import FIND_TIMEOUT, Dht, open_dht
 from node.net.errors import NetworkError
 from node.net.exchange import FetchError, FetchStats, fetch_blocks
 from node.net.host import Peer, connect, new_identity, open_host
 from node.store.errors import NotFoundError
 from node.store.lease import Lease
 from node.store.repo import Pin, Repo, now
-from node.store.tree_walk import TreeSummary, walk_tree
-from protocol.cid import cid_to_text
+from node.store.tree_walk import Frontier, TreeSummary, read_tree
+from protocol.errors import ProtocolError
 from protocol.link import ShareLink
 
 log = logging.getLogger(__name__)
 
 ROUND_LIMIT = 8192  # blocks asked for in one round: bounds memory whatever the tree's size
-FIND_TIMEOUT = 30.0
 QUICK_FAILURE = 5.0  # seconds: a fetch round that failed sooner is retried once at once
 
 
@@ -53,22 +55,13 @@ class FetchReport:
     pinned: bool = False
 
 
-def missing_blocks(
-    repo: Repo, link: ShareLink, limit: int = ROUND_LIMIT, lease: Lease | None = None
-) -> list[bytes]:
-    """Up to ``limit`` blocks the next round must fetch (empty when the tree is complete). With
-    ``lease``, every block found held is leased (gc keeps it until the fetch ends)."""
-    out: dict[bytes, None] = {}
-    for cid, held in walk_tree(repo.blocks, link, TreeSummary()):
-        if held and lease is not None:
-            lease.add((cid,))
-        if not held:
-            out[cid] = None
-            if len(out) >= limit:
-                break
-    if lease is not None:  # written out now, not at the next commit: a gc from here on keeps them
-        lease.flush()
-    return list(out)
+def next_round(frontier: Frontier, lease: Lease, limit: int = ROUND_LIMIT) -> list[bytes]:
+    """Up to ``limit`` blocks the next round must fetch (empty when the tree is complete); every block
+    the frontier finds held is leased (gc keeps it until the fetch ends), and written out now, not at the
+    next commit: a gc from here on keeps them."""
+    missing = frontier.round(limit)
+    lease.flush()
+    return missing
 
 
 def pin_fetched(repo: Repo, link: ShareLink) -> Pin:
@@ -92,15 +85,13 @@ def _pin_fetched(repo: Repo, link: ShareLink) -> Pin:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            for cid, held in walk_tree(repo.blocks, link, summary):
-                if not held:
-                    raise NotFoundError(f"block {cid_to_text(cid)} is missing: the tree is not complete")
+            for cid, length in read_tree(repo.blocks, link, summary):  # NotFoundError if one is missing
                 if cid in seen:
                     continue
                 seen.add(cid)
                 f.write(cid)
                 count += 1
-                stored += len(repo.blocks.read_back(cid))
+                stored += length
             f.flush()
             os.fsync(f.fileno())
         pin = Pin(link.root, summary.kind, summary.size, count, stored, now(), link.name)
@@ -147,21 +138,29 @@ async def _fetch_leased(
     find_timeout: float,
     on_bytes: Callable[[int], None] | None,
 ) -> FetchReport:
-    if not await trio.to_thread.run_sync(missing_blocks, repo, link, 1, lease):
+    frontier = Frontier(repo.blocks, link, lease.add)
+    missing = await trio.to_thread.run_sync(next_round, frontier, lease)
+    if not missing:
         if pin:
             await trio.to_thread.run_sync(pin_fetched, repo, link)
         return FetchReport(link.root, 0, pinned=pin)
-    failure: NodeError | OSError | None = None
+    failure: NodeError | OSError | ProtocolError | None = None
     async with trio.open_nursery() as nursery:
         if dht is not None and announce:
             # announced at once, in the background: a slow or unreachable DHT peer must not hold up the
             # fetch; once the fetch is over the caller announces the pinned root again (see control.py)
             nursery.start_soon(_announce_early, dht, link.root)
         try:
-            report = await _fetch(
-                host, dht, repo, link, lease, pin=pin, find_timeout=find_timeout, on_bytes=on_bytes
-            )
-        except (NodeError, OSError) as exc:  # raised below, once the nursery has closed (no exception group)
+            peers = await _providers(host, dht, link, find_timeout)
+            report = FetchReport(link.root, len(peers))
+            fetch = _Rounds(host, dht, repo, link, lease, frontier, peers, find_timeout, on_bytes)
+            report.stats = await fetch.run(missing, report)
+            report.providers = len(peers)  # those found during the fetch included
+            if pin:
+                await trio.to_thread.run_sync(pin_fetched, repo, link)
+                report.pinned = True
+        # raised below, once the nursery has closed (no exception group); a ProtocolError: a bad tree
+        except (NodeError, OSError, ProtocolError) as exc:
             failure = exc
         nursery.cancel_scope.cancel()
     if failure is not None:
@@ -176,18 +175,8 @@ async def _announce_early(dht: Dht, root: bytes) -> None:
         log.info("announcing a root being fetched: %s", exc)
 
 
-async def _fetch(
-    host: IHost,
-    dht: Dht | None,
-    repo: Repo,
-    link: ShareLink,
-    lease: Lease,
-    *,
-    pin: bool,
-    find_timeout: float,
-    on_bytes: Callable[[int], None] | None,
-) -> FetchReport:
-    on_block = None if on_bytes is None else lambda _cid, _peer, size: on_bytes(size)
+async def _providers(host: IHost, dht: Dht | None, link: ShareLink, find_timeout: float) -> dict[str, None]:
+    """The providers to start with: the link's peer hints (dialed first), then the DHT's."""
     peers: dict[str, None] = {}
     for hint in link.peers:
         try:
@@ -207,48 +196,68 @@ async def _fetch(
             "no providers found: no reachable peer has announced this link,"
             " and it carries no reachable peer address"
         )
-    report = FetchReport(link.root, len(peers))
-    total = FetchStats()
-    quick_retry = True
-    missing = await trio.to_thread.run_sync(missing_blocks, repo, link, ROUND_LIMIT, lease)
-    while missing:
-        report.rounds += 1
-        started = trio.current_time()
-        random.shuffle(missing)  # downloaders of the same file hold different blocks, to swap them
+    return peers
 
-        async def more() -> list[str]:
-            await _discover(host, dht, link, peers, find_timeout)
-            return list(peers)
 
-        try:
-            stats = await fetch_blocks(
-                host, repo.blocks, list(peers), missing, discover=more, on_block=on_block, lease=lease
-            )
-        except FetchError as exc:
-            if exc.stats is not None:
-                total.add(exc.stats)
-            # Other fetchers of the same root may hold more by now, and a provider may have failed
-            # for a moment: go on while a round makes progress or the DHT names new providers, and
-            # retry once at once after a failure that came fast (a refused or broken stream).
-            left = await trio.to_thread.run_sync(missing_blocks, repo, link, ROUND_LIMIT, lease)
-            known = len(peers)
-            await _discover(host, dht, link, peers, find_timeout)
-            quick = quick_retry and trio.current_time() - started < QUICK_FAILURE
-            if len(left) >= len(missing) and len(peers) == known and not quick:
-                raise
-            quick_retry = quick_retry and not quick
-            log.info("fetch: retrying with %d provider(s), %d block(s) left", len(peers), len(left))
-            report.providers = len(peers)
-            missing = left
-            continue
-        total.add(stats)
-        missing = await trio.to_thread.run_sync(missing_blocks, repo, link, ROUND_LIMIT, lease)
-    report.stats = total
-    report.providers = len(peers)  # those found during the fetch included
-    if pin:
-        await trio.to_thread.run_sync(pin_fetched, repo, link)
-        report.pinned = True
-    return report
+@dataclass
+class _Rounds:
+    """A fetch's rounds: each fetches what the frontier lacks, until it lacks nothing."""
+
+    host: IHost
+    dht: Dht | None
+    repo: Repo
+    link: ShareLink
+    lease: Lease
+    frontier: Frontier
+    peers: dict[str, None]
+    find_timeout: float
+    on_bytes: Callable[[int], None] | None
+
+    async def run(self, missing: list[bytes], report: FetchReport) -> FetchStats:
+        on_bytes = self.on_bytes
+        on_block = None if on_bytes is None else lambda _cid, _peer, size: on_bytes(size)
+        total = FetchStats()
+        quick_retry = True
+        while missing:
+            report.rounds += 1
+            started = trio.current_time()
+            held = self.frontier.held
+            random.shuffle(missing)  # downloaders of the same file hold different blocks, to swap them
+            try:
+                stats = await fetch_blocks(
+                    self.host,
+                    self.repo.blocks,
+                    list(self.peers),
+                    missing,
+                    discover=self._more,
+                    on_block=on_block,
+                    lease=self.lease,
+                )
+            except FetchError as exc:
+                if exc.stats is not None:
+                    total.add(exc.stats)
+                # Other fetchers of the same root may hold more by now, and a provider may have failed
+                # for a moment: go on while a round makes progress or the DHT names new providers, and
+                # retry once at once after a failure that came fast (a refused or broken stream).
+                missing = await trio.to_thread.run_sync(next_round, self.frontier, self.lease)
+                known = len(self.peers)
+                await _discover(self.host, self.dht, self.link, self.peers, self.find_timeout)
+                quick = quick_retry and trio.current_time() - started < QUICK_FAILURE
+                if self.frontier.held == held and len(self.peers) == known and not quick:
+                    raise
+                quick_retry = quick_retry and not quick
+                log.info(
+                    "fetch: retrying with %d provider(s), %d block(s) asked", len(self.peers), len(missing)
+                )
+                report.providers = len(self.peers)
+                continue
+            total.add(stats)
+            missing = await trio.to_thread.run_sync(next_round, self.frontier, self.lease)
+        return total
+
+    async def _more(self) -> list[str]:
+        await _discover(self.host, self.dht, self.link, self.peers, self.find_timeout)
+        return list(self.peers)
 
 
 async def _discover(

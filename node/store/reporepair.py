@@ -18,6 +18,7 @@ import hashlib
 import mmap
 import os
 import sqlite3
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -44,7 +45,7 @@ from node.store.repocheck import (
     pin_states,
     summary,
 )
-from node.store.tree_walk import TreeSummary, walk_tree
+from node.store.tree_walk import Frontier
 from protocol.cid import cid_to_text
 from protocol.errors import ProtocolError
 from protocol.link import ShareLink
@@ -281,12 +282,11 @@ def _repair_pin(repo: Repo, state: PinState, report: Report) -> None:
 
 def _tree_blocks(store: BlockStore, root: bytes, key: bytes) -> tuple[list[bytes], int]:
     """Every block of the tree under ``root`` (opened with ``key``) and their total length, by the walk a
-    fetch pins with (node/store/tree_walk.py); RepoError if one is not stored, a ProtocolError if one does
+    fetch makes (node/store/tree_walk.py); RepoError if one is not stored, a ProtocolError if one does
     not open."""
-    walked: dict[bytes, bool] = {}
-    for cid, held in walk_tree(store, ShareLink(root, key), TreeSummary()):
-        walked.setdefault(cid, held)
-    absent = [cid for cid, held in walked.items() if not held]
+    walked: dict[bytes, None] = {}
+    frontier = Frontier(store, ShareLink(root, key), lambda cids: walked.update(dict.fromkeys(cids)))
+    absent = frontier.round(sys.maxsize)  # the whole tree in one round: nothing is fetched here
     if absent:
         raise RepoError(f"{len(absent)} of its blocks are not stored (e.g. {cid_to_text(absent[0])})")
     where = store.locate(walked)

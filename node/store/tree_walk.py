@@ -1,29 +1,35 @@
-"""The walk of a sealed tree over what a block store holds: which blocks it has, and which it lacks.
+"""The walk of a sealed tree (protocol/walk.py) over what a block store holds: what it has, and lacks.
 
-A fetch (node/net/netget.py) walks it each round to find what to ask for and, once nothing is missing, to
-list what it pins; ``repo repair`` (node/store/reporepair.py) walks it to rebuild a pin's block list.
+:class:`Frontier` is a fetch's walk (node/net/netget.py), kept from one round to the next: each round it
+looks again only at the blocks the last round asked for, resumes the parts of the tree those open, and
+walks on until it has a round's worth of missing blocks, so a whole fetch looks each block up about once
+(a walk from the root every round made a fetch quadratic in the size of the tree). ``repo repair``
+(node/store/reporepair.py) uses one to list a pin's blocks. :func:`read_tree` is the walk a fetch pins
+with: every block of a complete tree, read back once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from node.store.blockstore import BlockStore
 from node.store.errors import NotFoundError
 from protocol.link import ShareLink
-from protocol.manifest import EntryDecoder, Node, open_node
-from protocol.seal import NodeKeys
-from protocol.stream import iter_leaves, open_content
+from protocol.walk import Ahead, Enter, Leaves, Need, TreeWalk
 
-MAX_DEPTH = 255  # directory levels walked
+Held = Callable[[list[bytes]], None]
 
 
-class _Missing(Exception):
-    """Control flow inside the walk (a block the store lacks); never escapes this module."""
+class BlockSource(Protocol):
+    """What a walk asks of the store (node/store/blockstore.py's BlockStore)."""
 
-    def __init__(self, cid: bytes) -> None:
-        self.cid = cid
+    def get(self, cid: bytes, *, verify: bool = ...) -> bytes: ...  # NotFoundError if absent
+
+    def locate(self, cids: Iterable[bytes]) -> Mapping[bytes, object]: ...
+
+    def read_back(self, cid: bytes) -> bytes: ...
 
 
 @dataclass
@@ -34,57 +40,94 @@ class TreeSummary:
     size: int = 0
 
 
-def walk_tree(blocks: BlockStore, link: ShareLink, summary: TreeSummary) -> Iterator[tuple[bytes, bool]]:
-    """Every block of the tree reachable from what ``blocks`` holds, as ``(cid, held)``.
+def _ignore(_: list[bytes]) -> None:
+    pass
 
-    Below a missing node, index block or listing the walk cannot see, so it yields that block and
-    skips the subtree (a fetch's next round goes further). Data blocks are yielded, never read.
+
+class Frontier:
+    """A fetch's walk of ``link``'s tree over ``store``, kept across rounds.
+
+    :meth:`round` returns the blocks the next round must fetch. ``on_held(cids)`` is told of every block
+    found held, once (a fetch leases them there: gc keeps them until it pins).
     """
 
-    def fetch(cid: bytes) -> bytes:
+    def __init__(self, store: BlockSource, link: ShareLink, on_held: Held = _ignore) -> None:
+        self._store = store
+        self._walk = TreeWalk(link.key, link.root)
+        self._on_held = on_held
+        self._asked: list[bytes] = []  # the last round's blocks: looked at again at the next
+        self._queued: dict[bytes, None] = {}  # found missing, not asked for yet
+        self.held = 0  # blocks found held so far (a round that raised it made progress)
+
+    @property
+    def complete(self) -> bool:
+        return self._walk.done and not self._queued and not self._asked
+
+    def round(self, limit: int) -> list[bytes]:
+        """Up to ``limit`` blocks the next round must fetch (empty once the tree is complete)."""
+        self._recheck()
+        queued = self._queued
+        while len(queued) < limit and (step := self._walk.next()) is not None:
+            if isinstance(step, Need):
+                self._need(step.cid)
+            elif isinstance(step, Leaves):
+                self._look(step.cids)
+            elif isinstance(step, Ahead):
+                self._look((step.cid,))
+        asked = list(itertools.islice(queued, limit))
+        for cid in asked:
+            del queued[cid]
+        self._asked = asked
+        return asked
+
+    def _recheck(self) -> None:
+        """What the last round asked for and got is held now: the parts of the tree it opens go on."""
+        asked, self._asked = self._asked, []
+        if not asked:
+            return
+        where = self._store.locate(asked)
+        held = [cid for cid in asked if cid in where]
+        self._found(held)
+        for cid in held:
+            self._walk.resume(cid)
+        self._queued.update((cid, None) for cid in asked if cid not in where)
+
+    def _need(self, cid: bytes) -> None:
         try:
-            return blocks.get(cid, verify=False)
+            block = self._store.get(cid, verify=False)  # the walk verifies it
         except NotFoundError:
-            raise _Missing(cid) from None
+            self._walk.defer()
+            self._queued[cid] = None
+            return
+        self._found([cid])
+        self._walk.give(block)
 
-    def open_node_at(number: int, cid: bytes, root: bool) -> tuple[Node, NodeKeys]:
-        return open_node(link.key, number, cid, fetch(cid), root=root)
+    def _look(self, cids: Iterable[bytes]) -> None:
+        where = self._store.locate(cids)
+        self._found([cid for cid in cids if cid in where])
+        self._queued.update((cid, None) for cid in cids if cid not in where)
 
-    def visit(number: int, cid: bytes, root: bool, depth: int) -> Iterator[tuple[bytes, bool]]:
-        try:
-            node, keys = open_node_at(number, cid, root)
-        except _Missing:
-            yield cid, False
-            return
-        yield cid, True
-        if root:
-            summary.kind = node.kind
-        if depth > MAX_DEPTH:
-            return
-        leaves = []
-        index: list[bytes] = []
-        try:
-            for _position, leaf in iter_leaves(node, keys, fetch, index.append):
-                if node.kind == "file":
-                    yield leaf, blocks.has(leaf)
-                else:
-                    leaves.append(leaf)
-        except _Missing as missing:
-            yield from ((c, True) for c in index)
-            yield missing.cid, False
-            return
-        yield from ((c, True) for c in index)
-        if node.kind == "file":
-            summary.size += node.size
-            return
-        held = [(leaf, blocks.has(leaf)) for leaf in leaves]
-        yield from held
-        if not all(h for _, h in held):
-            return
-        decoder = EntryDecoder()
-        for position, leaf in enumerate(leaves):
-            for entry in decoder.feed(open_content(keys.data, node, position, leaf, fetch(leaf))):
-                yield from visit(entry.number, entry.cid, False, depth + 1)
-        decoder.finish()
+    def _found(self, cids: list[bytes]) -> None:
+        if cids:
+            self.held += len(cids)
+            self._on_held(cids)
 
-    yield from visit(0, link.root, True, 0)
+
+def read_tree(store: BlockSource, link: ShareLink, summary: TreeSummary) -> Iterator[tuple[bytes, int]]:
+    """Every block of ``link``'s tree as ``(cid, length)``, each read back from a pack still linked in the
+    repo and hashed (``BlockStore.read_back``), once per time the tree names it: what a fetch pins with.
+    NotFoundError if one is missing. ``summary`` is filled in on the way."""
+    walk = TreeWalk(link.key, link.root)
+    while (step := walk.next()) is not None:
+        if isinstance(step, Need):
+            block = store.read_back(step.cid)
+            walk.give(block)
+            yield step.cid, len(block)
+        elif isinstance(step, Leaves):
+            for cid in step.cids:
+                yield cid, len(store.read_back(cid))
+        elif isinstance(step, Enter):
+            if step.info.depth == 0:
+                summary.kind = step.info.node.kind
+            if step.info.node.kind == "file":
+                summary.size += step.info.node.size

@@ -21,8 +21,11 @@ from node.net.host import listen_addrs, new_identity, open_host
 from node.net.netget import fetch_link, get_from_network
 from node.store.repo import Repo
 from protocol.cid import cid_of
+from protocol.errors import ManifestError
 from protocol.link import ShareLink
 from protocol.seal import new_key
+from protocol.walk import MAX_DEPTH
+from tests.files.test_tree_limits import chain, duplicated_number, stored_tree
 
 if TYPE_CHECKING:
     # trio-typing (a py-libp2p dependency) installs trio-stubs, which mypy reads instead of trio's own
@@ -172,3 +175,22 @@ async def test_a_temporary_node_gets_a_link_with_only_a_bootstrap_address(tmp_pa
             finally:
                 temp.close()
     assert out.path.read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize("defect", ["a node number used twice", "a node at depth 256"])
+async def test_a_fetch_refuses_a_tree_that_breaks_the_formats_rules(tmp_path: Path, defect: str) -> None:
+    """The fetch's walk (node/store/tree_walk.py) holds the same rules as the local get."""
+    with trio.fail_after(30):
+        async with swarm(tmp_path / "a") as first, swarm(tmp_path / "b") as second:
+            uploader = await first()
+            if defect == "a node at depth 256":
+                link = stored_tree(uploader.repo, chain(MAX_DEPTH + 1))
+                match = "nested too deeply"
+            else:
+                link = duplicated_number(uploader.repo)
+                match = "reuses a node number"
+            fetcher = await second()
+            hinted = ShareLink(link.root, link.key, peers=(uploader.addr,))
+            with pytest.raises(ManifestError, match=match):
+                await fetch_link(fetcher.dht.host, None, fetcher.repo, hinted)
+            assert fetcher.repo.pins() == []
