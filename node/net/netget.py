@@ -19,6 +19,7 @@ repo's shared lock, after reading back every block (once: ``read_tree``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -138,12 +139,47 @@ async def _fetch_leased(
     find_timeout: float,
     on_bytes: Callable[[int], None] | None,
 ) -> FetchReport:
-    frontier = Frontier(repo.blocks, link, lease.add)
-    missing = await trio.to_thread.run_sync(next_round, frontier, lease)
-    if not missing:
-        if pin:
+    # The walk leases each block it finds held as it finds it, but a gc that read the leases just
+    # before may still delete one in between. The pin reads every block back and says so
+    # (NotFoundError): then one more walk, with a lease that by now holds everything else, fetches it.
+    rounds = functools.partial(_fetch_rounds, host, dht, repo, link, lease, find_timeout, on_bytes)
+    report = FetchReport(link.root, 0)
+    second = False
+    while True:
+        frontier = Frontier(repo.blocks, link, lease.add)
+        missing = await trio.to_thread.run_sync(next_round, frontier, lease)
+        if missing:
+            await rounds(frontier, missing, report, announce=announce and not second)
+        if not pin:
+            return report
+        try:
             await trio.to_thread.run_sync(pin_fetched, repo, link)
-        return FetchReport(link.root, 0, pinned=pin)
+        except NotFoundError:
+            if second:
+                raise
+            log.info("fetch: a block found held was removed (gc) before it was leased; walking again")
+            second = True
+            continue
+        report.pinned = True
+        return report
+
+
+async def _fetch_rounds(
+    host: IHost,
+    dht: Dht | None,
+    repo: Repo,
+    link: ShareLink,
+    lease: Lease,
+    find_timeout: float,
+    on_bytes: Callable[[int], None] | None,
+    frontier: Frontier,
+    missing: list[bytes],
+    report: FetchReport,
+    *,
+    announce: bool,
+) -> None:
+    """Fetch what ``frontier`` lacks (``missing`` first) from the providers, announcing the root
+    meanwhile with ``announce``; ``report`` adds up what it took."""
     failure: NodeError | OSError | ProtocolError | None = None
     async with trio.open_nursery() as nursery:
         if dht is not None and announce:
@@ -152,20 +188,20 @@ async def _fetch_leased(
             nursery.start_soon(_announce_early, dht, link.root)
         try:
             peers = await _providers(host, dht, link, find_timeout)
-            report = FetchReport(link.root, len(peers))
+            report.providers = max(report.providers, len(peers))
             fetch = _Rounds(host, dht, repo, link, lease, frontier, peers, find_timeout, on_bytes)
-            report.stats = await fetch.run(missing, report)
-            report.providers = len(peers)  # those found during the fetch included
-            if pin:
-                await trio.to_thread.run_sync(pin_fetched, repo, link)
-                report.pinned = True
+            stats = await fetch.run(missing, report)
+            report.providers = max(report.providers, len(peers))  # those found during the fetch included
+            if report.stats is None:
+                report.stats = stats
+            else:
+                report.stats.add(stats)
         # raised below, once the nursery has closed (no exception group); a ProtocolError: a bad tree
         except (NodeError, OSError, ProtocolError) as exc:
             failure = exc
         nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure
-    return report
 
 
 async def _announce_early(dht: Dht, root: bytes) -> None:

@@ -194,3 +194,39 @@ async def test_a_fetch_refuses_a_tree_that_breaks_the_formats_rules(tmp_path: Pa
             with pytest.raises(ManifestError, match=match):
                 await fetch_link(fetcher.dht.host, None, fetcher.repo, hinted)
             assert fetcher.repo.pins() == []
+
+
+async def test_a_block_gc_removes_before_the_fetch_leases_it_is_fetched_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fetcher holds the whole tree unpinned (an earlier ``get --no-seed``). A real gc runs in the
+    window between the walk finding the first block held and that block's lease reaching disk: it
+    removes every block. The pin finds it out, and one more walk fetches them all again."""
+    import node.net.netget as netget
+    from node.store.tree_walk import Frontier
+
+    source = make_tree(tmp_path)
+    with trio.fail_after(60):
+        async with swarm(tmp_path) as new_peer:
+            uploader, fetcher = await new_peer(), await new_peer()
+            link = add_path(uploader.repo, source, chunk_size=16 * 1024).link
+            link = ShareLink(link.root, link.key, peers=(uploader.addr,))
+            await fetch_link(fetcher.dht.host, None, fetcher.repo, link, pin=False)
+            freed: list[tuple[int, int]] = []
+
+            def gc_first(lease: Callable[[list[bytes]], None]) -> Callable[[list[bytes]], None]:
+                def add(cids: list[bytes]) -> None:
+                    if not freed:
+                        freed.append(fetcher.repo.gc())  # the lease holds nothing on disk yet
+                    lease(cids)
+
+                return add
+
+            monkeypatch.setattr(
+                netget, "Frontier", lambda blocks, link, lease: Frontier(blocks, link, gc_first(lease))
+            )
+            report = await fetch_link(fetcher.dht.host, None, fetcher.repo, link)
+            assert freed and freed[0][0] > 40  # every block went
+            # the blocks the first walk still saw came again, and the one it had found held just before
+            assert report.pinned and report.stats is not None and report.stats.blocks == freed[0][0]
+            assert same_tree(source, get_link(fetcher.repo, link, tmp_path / "out").path)
