@@ -13,7 +13,9 @@ keeps it and the node serves it: it becomes a seed) and the output is written by
 gc may run at any moment meanwhile (in the daemon, or in another process): the fetch holds a lease
 (``node/store/lease.py``) from start to end, filled with every block the walk finds held (written out
 before the round that relies on it starts) and every block its writer sessions store, and pins under the
-repo's shared lock, after reading back every block (once: ``read_tree``).
+repo's shared lock, after reading back every block (once: ``read_tree``). A gc that read the leases
+just before the walk leased a block it found held may still remove that block; the pin finds it gone,
+and one more walk (all else leased by then) fetches it again.
 """
 
 from __future__ import annotations
