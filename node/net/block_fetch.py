@@ -41,7 +41,7 @@ from protocol.fetch_plan import FetchPlan, UnrequestedBlockError
 from protocol.messages import (
     MAX_REQUEST_ID,
     PROTOCOL_ID,
-    Block,
+    BlockMessage,
     Cancel,
     Have,
     Message,
@@ -256,7 +256,10 @@ async def _run_fetch(
             if cid_had is not None and plan.have(peer, cid_had):
                 stats.haves += 1
             return
-        if isinstance(message, Block | NotFound | _Stored | _Corrupt) and message.request in session.ignored:
+        if (
+            isinstance(message, BlockMessage | NotFound | _Stored | _Corrupt)
+            and message.request in session.ignored
+        ):
             session.ignored.discard(message.request)
             return
         if isinstance(message, _Stored | _Corrupt):

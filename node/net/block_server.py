@@ -42,7 +42,7 @@ from protocol.errors import CorruptBlockError
 from protocol.messages import (
     MAX_FRAME,
     PROTOCOL_ID,
-    Block,
+    BlockMessage,
     Cancel,
     FrameDecoder,
     Have,
@@ -308,7 +308,7 @@ class BlockServer:
                 except (NotFoundError, CorruptBlockError, RepoError):
                     out.append((encode_message(NotFound(request)), 0, request, block_digest(cid)))
                 else:
-                    out.append((encode_message(Block(request, block)), len(block), request, None))
+                    out.append((encode_message(BlockMessage(request, block)), len(block), request, None))
             return out
 
         async def prepare() -> None:

@@ -16,7 +16,7 @@ from node.net.errors import NetworkError
 from node.store.blockstore import PackWriter
 from protocol.errors import CorruptBlockError
 from protocol.messages import (
-    Block,
+    BlockMessage,
     FrameDecoder,
     Message,
     MessageError,
@@ -105,7 +105,7 @@ class _Corrupt:
     size: int
 
 
-def _store_all(writer: PackWriter, blocks: list[tuple[bytes, Block]]) -> list[bool]:
+def _store_all(writer: PackWriter, blocks: list[tuple[bytes, BlockMessage]]) -> list[bool]:
     """In a worker thread: verify and store each ``(cid, block)`` in order; True for each stored, then
     False for the first that does not hash to its CID (nothing after it is stored)."""
     outcome = []
@@ -129,10 +129,12 @@ async def _read_replies(session: _Session, writer: PackWriter, send: trio.Memory
             while data := await session.stream.read(READ_SIZE):
                 # the blocks of one read are stored in one trip to a worker thread (waking a thread
                 # costs about as much as hashing a block); every message keeps its place in the order
-                replies: list[Message | tuple[bytes, Block]] = []
+                replies: list[Message | tuple[bytes, BlockMessage]] = []
                 for message in decoder.feed(data):
-                    entry = session.open.get(message.request) if isinstance(message, Block) else None
-                    replies.append((entry[0], message) if isinstance(message, Block) and entry else message)
+                    entry = session.open.get(message.request) if isinstance(message, BlockMessage) else None
+                    replies.append(
+                        (entry[0], message) if isinstance(message, BlockMessage) and entry else message
+                    )
                 blocks = [reply for reply in replies if isinstance(reply, tuple)]
                 outcome = await trio.to_thread.run_sync(_store_all, writer, blocks) if blocks else []
                 stored = iter(outcome)
