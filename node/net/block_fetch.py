@@ -17,7 +17,7 @@ from typing import ParamSpec, TypeVar
 import trio
 from libp2p.abc import IHost
 
-from node.net.block_server import _STREAM_ERRORS, MAX_WAITING, SERVER_MAX_OPEN, _reset
+from node.net.block_server import _STREAM_ERRORS, _reset
 from node.net.errors import NetworkError
 from node.net.fetch_session import (
     _OPENED,
@@ -37,6 +37,7 @@ from node.store.blockstore import BlockStore, PackWriter
 from node.store.errors import RepoError
 from node.store.lease import Lease
 from protocol.cid import cid_to_text
+from protocol.exchange_server import MAX_WAITING, SERVER_MAX_OPEN
 from protocol.fetch_plan import FetchPlan, UnrequestedBlockError
 from protocol.messages import (
     MAX_REQUEST_ID,

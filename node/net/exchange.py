@@ -11,7 +11,8 @@ feeds the scheduler, sends requests, enforces deadlines, verifies and stores wha
 from __future__ import annotations
 
 from node.net.block_fetch import REQUEST_TIMEOUT, FetchError, FetchStats, fetch_blocks
-from node.net.block_server import MAX_WAITING, SERVER_MAX_OPEN, BlockServer
+from node.net.block_server import BlockServer
+from protocol.exchange_server import MAX_WAITING, SERVER_MAX_OPEN
 
 __all__ = [
     "MAX_WAITING",

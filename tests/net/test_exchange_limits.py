@@ -20,12 +20,12 @@ from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 
 from node.files.add import add_path
-from node.net.block_server import MAX_BACKLOG, MAX_WAITING, SERVER_MAX_OPEN
 from node.net.errors import NetworkError
 from node.net.exchange import BlockServer, FetchError, fetch_blocks
 from node.net.host import connect, listen_addrs, new_identity, open_host, open_stream, set_handler
 from node.store.repo import Repo
 from protocol.cid import cid_of
+from protocol.exchange_server import MAX_BACKLOG, MAX_WAITING, SERVER_MAX_OPEN
 from protocol.messages import (
     PROTOCOL_ID,
     BlockMessage,
