@@ -208,6 +208,10 @@ class ServerSession:
         self._haves += hits
         return bool(hits)
 
+    @property
+    def haves_due(self) -> bool:
+        return bool(self._haves)
+
     def take_haves(self) -> list[bytes]:
         """The HAVE frames due now (each sent once)."""
         haves, self._haves = self._haves, []

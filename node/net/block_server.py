@@ -265,9 +265,8 @@ class _Serving:
         session, server = self.session, self.server
         async with self.frames_in:
             while not session.done:
-                haves = session.take_haves()
-                if haves:
-                    for frame in haves:
+                if session.haves_due:
+                    for frame in session.take_haves():
                         await self.frames_in.send((frame, -1, None))
                     continue
                 batch = session.take_batch(LOAD_BATCH)
