@@ -1,7 +1,8 @@
 """Which block to ask of which peer: the block-exchange scheduler, as a pure state machine.
 
-The driver (node/net/exchange.py) feeds it events - a peer joined or left, a block arrived, a peer said it
-does not have a block, a request timed out, a peer sent a bad block - and asks it for requests to send.
+The asker session (protocol/exchange_asker.py) feeds it events - a peer joined or left, a block arrived,
+a peer said it does not have a block, a request timed out, a peer sent a bad block - and asks it for
+requests to send.
 
 Rules (specs/block-exchange.md, "Scheduling"):
 - each wanted block is asked of exactly one peer at a time, in the order it was wanted;
