@@ -1,7 +1,8 @@
 """Which block to ask of which peer: the block-exchange scheduler, as a pure state machine.
 
-The driver (node/net/exchange.py) feeds it events - a peer joined or left, a block arrived, a peer said it
-does not have a block, a request timed out, a peer sent a bad block - and asks it for requests to send.
+The asker session (protocol/exchange_asker.py) feeds it events - a peer joined or left, a block arrived,
+a peer said it does not have a block, a request timed out, a peer sent a bad block - and asks it for
+requests to send.
 
 Rules (specs/block-exchange.md, "Scheduling"):
 - each wanted block is asked of exactly one peer at a time, in the order it was wanted;
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 
 from protocol.errors import ProtocolError
 
-Peer = str
+PeerId = str
 
 
 class UnrequestedBlockError(ProtocolError):
@@ -38,13 +39,13 @@ class UnrequestedBlockError(ProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    peer: Peer
+    peer: PeerId
     cid: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class CancelRequest:
-    peer: Peer
+    peer: PeerId
     cid: bytes
 
 
@@ -71,11 +72,11 @@ class FetchPlan:
         self.endgame_copies = endgame_copies
         self.max_timeouts = max_timeouts
         self._queue: dict[bytes, None] = {}  # wanted, not in flight, in priority order
-        self._flight: dict[bytes, list[Peer]] = {}  # in flight -> peers asked, in order
-        self._peers: dict[Peer, PeerState] = {}
-        self._dropped: set[Peer] = set()
+        self._flight: dict[bytes, list[PeerId]] = {}  # in flight -> peers asked, in order
+        self._peers: dict[PeerId, PeerState] = {}
+        self._dropped: set[PeerId] = set()
         self._done: set[bytes] = set()
-        self.received_from: dict[Peer, int] = {}
+        self.received_from: dict[PeerId, int] = {}
 
     # -- what is wanted ------------------------------------------------------------------------
 
@@ -92,15 +93,15 @@ class FetchPlan:
     def pending(self) -> int:
         return len(self._queue) + len(self._flight)
 
-    def peers(self) -> list[Peer]:
+    def peers(self) -> list[PeerId]:
         return sorted(self._peers)
 
-    def open_requests(self, peer: Peer) -> list[bytes]:
+    def open_requests(self, peer: PeerId) -> list[bytes]:
         """The blocks asked of ``peer`` and not yet answered, oldest first."""
         state = self._peers.get(peer)
         return [] if state is None else list(state.open)
 
-    def missing_at(self, peer: Peer) -> set[bytes]:
+    def missing_at(self, peer: PeerId) -> set[bytes]:
         state = self._peers.get(peer)
         return set() if state is None else set(state.missing)
 
@@ -110,14 +111,14 @@ class FetchPlan:
 
     # -- peers ---------------------------------------------------------------------------------
 
-    def add_peer(self, peer: Peer) -> bool:
+    def add_peer(self, peer: PeerId) -> bool:
         """Start asking ``peer``. Returns False for a peer dropped earlier (it is never asked again)."""
         if peer in self._dropped:
             return False
         self._peers.setdefault(peer, PeerState())
         return True
 
-    def remove_peer(self, peer: Peer) -> list[bytes]:
+    def remove_peer(self, peer: PeerId) -> list[bytes]:
         """A peer left (disconnect, stream error): its open requests go back to the queue."""
         state = self._peers.pop(peer, None)
         if state is None:
@@ -135,14 +136,14 @@ class FetchPlan:
         self._queue = dict.fromkeys(requeued) | self._queue
         return requeued
 
-    def drop_peer(self, peer: Peer) -> list[bytes]:
+    def drop_peer(self, peer: PeerId) -> list[bytes]:
         """A peer misbehaved (bad or unrequested block): forget it for good."""
         self._dropped.add(peer)
         return self.remove_peer(peer)
 
     # -- replies -------------------------------------------------------------------------------
 
-    def received(self, peer: Peer, cid: bytes) -> list[CancelRequest]:
+    def received(self, peer: PeerId, cid: bytes) -> list[CancelRequest]:
         """A block that hashed to ``cid`` arrived from ``peer``. Returns cancels for other copies.
 
         Raises :class:`UnrequestedBlockError` if ``peer`` was not asked for it.
@@ -167,7 +168,7 @@ class FetchPlan:
                 cancels.append(CancelRequest(other, cid))
         return cancels
 
-    def not_found(self, peer: Peer, cid: bytes) -> None:
+    def not_found(self, peer: PeerId, cid: bytes) -> None:
         """``peer`` does not have ``cid``: ask someone else, never this peer again for it."""
         state = self._peers.get(peer)
         if state is None:
@@ -182,7 +183,7 @@ class FetchPlan:
         state.partial = True
         self._release(peer, cid)
 
-    def have(self, peer: Peer, cid: bytes) -> bool:
+    def have(self, peer: PeerId, cid: bytes) -> bool:
         """``peer``, which said it did not have ``cid``, now has it (a HAVE): it may be asked again.
         Returns True if that changed anything (the block is still wanted and the peer is current)."""
         state = self._peers.get(peer)
@@ -192,7 +193,7 @@ class FetchPlan:
         state.has.add(cid)
         return cid in self._queue or cid in self._flight
 
-    def stalled(self, peer: Peer) -> bool:
+    def stalled(self, peer: PeerId) -> bool:
         """``peer`` has answered nothing for a whole timeout while requests to it were open: every one of
         them goes back to the queue (another peer is preferred for them) and counts as one timeout.
         Returns True if the peer is now dropped."""
@@ -216,7 +217,7 @@ class FetchPlan:
             return True
         return False
 
-    def _release(self, peer: Peer, cid: bytes) -> None:
+    def _release(self, peer: PeerId, cid: bytes) -> None:
         asked = self._flight.get(cid)
         if asked is None:
             return
@@ -264,7 +265,7 @@ class FetchPlan:
             out.append(Request(peer, cid))
         return out
 
-    def _ask(self, peer: Peer, cid: bytes) -> None:
+    def _ask(self, peer: PeerId, cid: bytes) -> None:
         state = self._peers[peer]
         state.open[cid] = None
         state.cancelled.discard(cid)  # a new request: a late answer to the old one now answers it
@@ -284,8 +285,8 @@ class FetchPlan:
             return True
         return self._blind_for(state, cid) and self._blind.get(cid, 0) >= self.blind_asks
 
-    def _pick(self, cid: bytes, exclude: list[Peer] | tuple[()]) -> Peer | None:
-        best: tuple[bool, bool, int, int, int, Peer] | None = None
+    def _pick(self, cid: bytes, exclude: list[PeerId] | tuple[()]) -> PeerId | None:
+        best: tuple[bool, bool, int, int, int, PeerId] | None = None
         for peer, state in self._peers.items():
             if len(state.open) >= self.window or peer in exclude or self._closed_to(state, cid):
                 continue

@@ -16,12 +16,13 @@ from protocol.errors import CidError, DecryptError, ManifestError, ManifestVersi
 from protocol.names import FolderNames, check_name
 from protocol.padding import padded_size
 from protocol.seal import MAX_LEVEL as MAX_LEVEL  # re-exported: the stream code reads it here
-from protocol.seal import NodeKeys
+from protocol.seal import TAG_LEN, NodeKeys
 from protocol.strict_msgpack import Limits, unpack_one, unpacker
 
 FORMAT_VERSION = 1
 MIN_CHUNK = 16 * 1024
 MAX_CHUNK = 1024 * 1024
+MAX_BLOCK = MAX_CHUNK + TAG_LEN  # the largest sealed block: a whole chunk and its tag
 DEFAULT_CHUNK = 256 * 1024
 MAX_SIZE = 1 << 60  # an upper bound, far beyond any disk, that keeps every count in range
 MAX_NODE_PLAIN = MAX_CHUNK  # node plaintext, padding included, never exceeds this

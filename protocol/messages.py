@@ -13,12 +13,10 @@ import msgpack
 
 from protocol.cid import CID_LEN, check_cid
 from protocol.errors import CidError, ProtocolError
-from protocol.manifest import MAX_CHUNK
-from protocol.seal import TAG_LEN
+from protocol.manifest import MAX_BLOCK
 from protocol.strict_msgpack import Limits, unpack_exact
 
 PROTOCOL_ID = "/sealbox/blocks/1.0.0"
-MAX_BLOCK = MAX_CHUNK + TAG_LEN
 MAX_FRAME = MAX_BLOCK + 64  # a BLOCK message: the block plus a few bytes of msgpack around it
 MAX_VARINT_LEN = 4  # enough for MAX_FRAME; a longer prefix is refused
 MAX_REQUEST_ID = (1 << 32) - 1
@@ -39,7 +37,7 @@ class Want:
 
 
 @dataclass(frozen=True, slots=True)
-class Block:
+class BlockMessage:
     """The block asked for by ``request``. The asker verifies it against the CID it asked for."""
 
     request: int
@@ -68,14 +66,14 @@ class Have:
     request: int
 
 
-Message = Want | Block | NotFound | Cancel | Have
+Message = Want | BlockMessage | NotFound | Cancel | Have
 
 
 def encode_message(message: Message) -> bytes:
     """A whole frame: length prefix and body."""
     if isinstance(message, Want):
         fields: list[object] = [WANT, message.request, check_cid(message.cid)]
-    elif isinstance(message, Block):
+    elif isinstance(message, BlockMessage):
         if len(message.data) > MAX_BLOCK:
             raise MessageError("block too large to send")
         fields = [BLOCK, message.request, message.data]
@@ -130,7 +128,7 @@ def decode_body(body: bytes | memoryview) -> Message:
     if kind == BLOCK:
         if not isinstance(fields[2], bytes):
             raise MessageError("block message holds no bytes")
-        return Block(request, fields[2])
+        return BlockMessage(request, fields[2])
     if kind == HAVE:
         return Have(request)
     return NotFound(request) if kind == NOT_FOUND else Cancel(request)
@@ -172,12 +170,6 @@ class FrameDecoder:
             self._start = end
             self._need = None
             yield message
-
-    def wants(self) -> int:
-        """How many more bytes the decoder needs to finish the frame it is in (0 between frames)."""
-        if self._need is None:
-            return 0
-        return max(0, self._start + self._need - len(self._buffer))
 
     def at_boundary(self) -> bool:
         """True when no partial frame is buffered (a clean place for the stream to end)."""

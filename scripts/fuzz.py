@@ -54,7 +54,7 @@ from protocol.manifest import (  # noqa: E402
     level_counts,
 )
 from protocol.messages import (  # noqa: E402
-    Block,
+    BlockMessage,
     Cancel,
     FrameDecoder,
     Have,
@@ -299,7 +299,7 @@ def message_frames() -> list[bytes]:
         encode_message(m)
         for m in (
             Want(1, cid),
-            Block(2, bytes(range(48))),
+            BlockMessage(2, bytes(range(48))),
             NotFound(3),
             Cancel(4),
             Have(5),
@@ -380,7 +380,6 @@ def decode_frames(data: bytes) -> None:
         for _message in decoder.feed(piece):
             pass
     decoder.at_boundary()
-    decoder.wants()
 
 
 class PinTarget:

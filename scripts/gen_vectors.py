@@ -28,7 +28,7 @@ from protocol.manifest import Entry, Node, encode_entry, encode_node, fanout  # 
 from protocol.messages import (  # noqa: E402
     MAX_FRAME,
     PROTOCOL_ID,
-    Block,
+    BlockMessage,
     Cancel,
     Have,
     Message,
@@ -545,7 +545,7 @@ def exchange_vectors() -> dict[str, Any]:
     frames = []
     messages: list[Message] = [
         Want(1, cid),
-        Block(2, data("block", 48)),
+        BlockMessage(2, data("block", 48)),
         NotFound(3),
         Cancel(4),
         Have(3),
@@ -554,7 +554,7 @@ def exchange_vectors() -> dict[str, Any]:
     for message in messages:
         frames.append(
             {
-                "message": type(message).__name__,
+                "message": type(message).__name__.removesuffix("Message"),  # the spec's name: Block
                 "fields": _fields(message),
                 "frame": encode_message(message).hex(),
             }
@@ -576,7 +576,7 @@ def _fields(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"request": message.request}
     if isinstance(message, Want):
         out["cid"] = cid_to_text(message.cid)
-    if isinstance(message, Block):
+    if isinstance(message, BlockMessage):
         out["data"] = message.data.hex()
     return out
 

@@ -1,7 +1,10 @@
 """Serving ``/sealbox/blocks/1.0.0``: answer a peer's requests from the block store.
 
-One task per inbound stream reads requests and answers them in order, verifying each block against its
-CID before it goes out. See ``node/net/exchange.py`` and ``specs/block-exchange.md``.
+The session rules (request ids, CANCEL, the open-request limit, the NOT_FOUND memory and its HAVEs, the
+stream caps) are protocol/exchange_server.py's, a sans-IO state machine; this module drives it with trio.
+Three tasks per inbound stream: one reads requests and feeds them to the session, one reads the blocks
+asked for from the store (verifying each against its CID before it goes out) and frames the answers,
+one writes them. See ``node/net/exchange.py`` and ``specs/block-exchange.md``.
 
 What a remote peer can make this server hold is bounded (issue 12, item 5c):
 
@@ -33,50 +36,36 @@ import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.stream.exceptions import StreamEOF
-from libp2p.peer.id import ID
 
 from node.net.host import set_handler
-from node.store.blockstore import BlockStore, block_digest
+from node.store.blockstore import BlockStore
 from node.store.errors import NotFoundError, RepoError
 from protocol.errors import CorruptBlockError
-from protocol.messages import (
-    MAX_FRAME,
-    PROTOCOL_ID,
-    Block,
-    Cancel,
-    FrameDecoder,
-    Have,
-    MessageError,
-    NotFound,
-    Want,
-    encode_message,
+from protocol.exchange_server import (
+    MAX_STREAMS,
+    MAX_STREAMS_PER_PEER,
+    MAX_WAITING,
+    MAX_WAITING_TOTAL,
+    SERVER_MAX_OPEN,
+    ServerRules,
+    ServerSession,
 )
+from protocol.messages import MAX_FRAME, PROTOCOL_ID, BlockMessage, MessageError, NotFound, encode_message
 
 log = logging.getLogger(__name__)
 
-SERVER_MAX_OPEN = 64  # requests of one stream open at once; past it the server stops reading
-MAX_STREAMS_PER_PEER = 32  # inbound block streams of one peer (a fetch uses one per provider; the
-# daemon runs as many fetches at once as its API takes requests, 32)
-MAX_STREAMS = 256  # inbound block streams in all
 LOAD_BATCH = 4  # replies read from the store in one worker-thread call
 LOAD_AHEAD = 8  # replies framed and waiting to be written
 SEND_BUFFER = 8 << 20  # bytes of replies read and not yet written, every stream together
 READ_SIZE = 1 << 20
 REQUEST_READ_SIZE = 1 << 16  # a server reads requests in pieces this size (a WANT is 44 bytes)
-MAX_REQUEST_FRAME = 64  # bytes of a request frame's body: a WANT is 41, a CANCEL at most 7
-MAX_BACKLOG = 1 << 20  # bytes of requests (~24,000 WANTs) a paused stream may leave unread
-BACKLOG_CHECK = 0.05  # seconds between looks at that, while paused
-MAX_WAITING = 8192  # NOT_FOUND answers a server remembers per stream, to send HAVE for them later
-MAX_WAITING_TOTAL = 65536  # and in all (each costs ~200 bytes)
+BACKLOG_CHECK = 0.05  # seconds between looks at the unread backlog of a paused stream
 _STREAM_ERRORS = (BaseLibp2pError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
-
-class _Requests(dict[int, bytes]):
-    """A stream's requests not yet being answered (request id -> CID), answered oldest first."""
-
-    def popitem_first(self) -> tuple[int, bytes]:
-        request = next(iter(self))
-        return request, self.pop(request)
+# a frame to write: its bytes, the block's size (0: NOT_FOUND, -1: HAVE) and the request it answers
+_Frame = tuple[bytes, int, int | None]
+# a reply read from the store: frame, block size, request and, for NOT_FOUND, the CID asked for
+_Reply = tuple[bytes, int, int, bytes | None]
 
 
 class _Budget:
@@ -96,53 +85,6 @@ class _Budget:
             self.free += n
             self._freed.set()
             self._freed = trio.Event()
-
-
-class _Waiting:
-    """One inbound stream's state: its open requests (``queue``: received, not yet being answered;
-    ``answering``: being read from the store or written), and what its asker was told NOT_FOUND for
-    (``requests``: request -> digest, newest last), so that a HAVE can follow once this node holds the
-    block (it may be fetching the same file). ``server`` counts the NOT_FOUND entries of every stream
-    (remembered, and HAVEs not yet sent)."""
-
-    def __init__(self, server: BlockServer) -> None:
-        self.server = server
-        self.queue = _Requests()
-        self.answering: set[int] = set()
-        self.requests: dict[int, bytes] = {}
-        self.haves: list[int] = []
-        self.wake = trio.Event()
-
-    def remember(self, request: int, digest: bytes) -> None:
-        server = self.server
-        if self.requests.pop(request, None) is not None:
-            server.waiting -= 1
-        while self.requests and (
-            len(self.requests) >= server.max_waiting or server.waiting >= server.max_waiting_total
-        ):
-            del self.requests[next(iter(self.requests))]
-            server.waiting -= 1
-        if server.waiting < server.max_waiting_total:
-            self.requests[request] = digest
-            server.waiting += 1
-
-    def stored(self, digests: set[bytes]) -> None:
-        hits = [request for request, digest in self.requests.items() if digest in digests]
-        for request in hits:
-            del self.requests[request]
-        if hits:
-            self.haves += hits
-            self.wake.set()
-
-    def take_haves(self) -> list[int]:
-        haves, self.haves = self.haves, []
-        self.server.waiting -= len(haves)
-        return haves
-
-    def forget(self) -> None:
-        self.server.waiting -= len(self.requests) + len(self.haves)
-        self.requests.clear()
-        self.haves.clear()
 
 
 class BlockServer:
@@ -165,33 +107,42 @@ class BlockServer:
         max_waiting_total: int = MAX_WAITING_TOTAL,
     ) -> None:
         self.store = store
+        self.rules = ServerRules(
+            max_streams=max_streams,
+            max_streams_per_peer=max_streams_per_peer,
+            max_open=max_open,
+            max_waiting=max_waiting,
+            max_waiting_total=max_waiting_total,
+        )
         self.served_blocks = 0
         self.served_bytes = 0
         self.haves_sent = 0
-        self.refused_streams = 0  # streams reset at once: too many of that peer, or in all
-        self.waiting = 0  # NOT_FOUND answers remembered, and HAVEs not yet sent, every stream together
-        self.max_open = max_open
-        self.max_streams = max_streams
-        self.max_streams_per_peer = max_streams_per_peer
-        self.max_waiting = max_waiting
-        self.max_waiting_total = max_waiting_total
         self.send_buffer = send_buffer
         self.budget = _Budget(send_buffer)
-        self.streams_of: dict[ID, int] = {}  # open inbound streams per peer
-        self._streams: set[_Waiting] = set()
+        self._wakes: dict[ServerSession, trio.Event] = {}  # set when a session has work for its loader
         self._token: trio.lowlevel.TrioToken | None = None
 
     @property
+    def refused_streams(self) -> int:
+        """Streams reset at once: too many of that peer, or in all."""
+        return self.rules.refused_streams
+
+    @property
+    def waiting(self) -> int:
+        """NOT_FOUND answers remembered, and HAVEs not yet sent, every stream together."""
+        return self.rules.waiting
+
+    @property
     def open_streams(self) -> int:
-        return sum(self.streams_of.values())
+        return self.rules.open_streams
 
     def open_requests(self) -> list[int]:
         """How many requests each inbound stream holds open (received, not yet answered)."""
-        return [len(state.queue) + len(state.answering) for state in self._streams]
+        return [session.open for session in self.rules.sessions]
 
     def remembered(self) -> list[int]:
         """How many NOT_FOUND answers each inbound stream remembers (to send HAVE later)."""
-        return [len(state.requests) for state in self._streams]
+        return [len(session.remembered) for session in self.rules.sessions]
 
     @property
     def buffered(self) -> int:
@@ -205,174 +156,156 @@ class BlockServer:
 
     def _committed(self, digests: list[bytes]) -> None:
         """From the committing thread: pass the news to the streams, in the trio thread."""
-        if self._token is not None and self._streams:
+        if self._token is not None and self.rules.sessions:
             with contextlib.suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(self._notify, set(digests))
 
     def _notify(self, digests: set[bytes]) -> None:
-        for waiting in list(self._streams):
-            waiting.stored(digests)
+        for session in self.rules.stored(digests):
+            self.wake(session)
+
+    def wake(self, session: ServerSession) -> None:
+        event = self._wakes.get(session)
+        if event is not None:
+            event.set()
+
+    async def wait(self, session: ServerSession) -> None:
+        """Until the session has work: a request, a HAVE due, or the asker's side ended."""
+        await self._wakes[session].wait()
+        self._wakes[session] = trio.Event()
 
     async def handle(self, stream: INetStream) -> None:
-        peer = stream.muxed_conn.peer_id
-        held = self.streams_of.get(peer, 0)
-        if held >= self.max_streams_per_peer or self.open_streams >= self.max_streams:
-            self.refused_streams += 1
+        session = self.rules.open_stream(stream.muxed_conn.peer_id)
+        if session is None:
             log.debug(
                 "block exchange: refusing a stream: %d of this peer's and %d in all are open",
-                held,
+                self.rules.streams_of.get(stream.muxed_conn.peer_id, 0),
                 self.open_streams,
             )
             await _reset(stream)
             return
-        self.streams_of[peer] = held + 1
-        try:
-            await self._serve(stream)
-        finally:
-            left = self.streams_of.pop(peer, 1) - 1
-            if left:
-                self.streams_of[peer] = left
-
-    async def _serve(self, stream: INetStream) -> None:
-        waiting = _Waiting(self)
-        queue, answering = waiting.queue, waiting.answering
-        room = trio.Event()  # set when a request stops being open
-        reserved = 0  # bytes of ``self.budget`` this stream holds
-        finished = False
-        broken = False
-
-        def closed(request: int) -> None:
-            nonlocal room
-            answering.discard(request)
-            room.set()
-            room = trio.Event()
-
-        async def read_requests(cancel: trio.CancelScope) -> None:
-            nonlocal finished, broken
-            decoder = FrameDecoder(MAX_REQUEST_FRAME)
-            try:
-                while True:
-                    try:
-                        data = await stream.read(REQUEST_READ_SIZE)
-                    except StreamEOF:
-                        data = b""
-                    if not data:
-                        if not decoder.at_boundary():
-                            log.debug("block exchange: dropping a stream that ended inside a frame")
-                            broken = True
-                            cancel.cancel()
-                        break
-                    # Messages are decoded one at a time: while max_open requests are open, the rest
-                    # of the read waits here and nothing more is read (backpressure).
-                    for message in decoder.feed(data):
-                        if isinstance(message, Want):
-                            while len(queue) + len(answering) >= self.max_open:
-                                with trio.move_on_after(BACKLOG_CHECK):
-                                    await room.wait()
-                                if _unread(stream) > MAX_BACKLOG:
-                                    raise MessageError(
-                                        f"over {MAX_BACKLOG} bytes of requests wait unread behind"
-                                        f" {self.max_open} open"
-                                    )
-                            if message.request in queue or message.request in answering:
-                                raise MessageError(f"request id {message.request} is already open")
-                            queue[message.request] = message.cid
-                            waiting.wake.set()
-                        elif isinstance(message, Cancel):
-                            if queue.pop(message.request, None) is None:
-                                closed(message.request)
-                        else:
-                            raise MessageError("a client sent a reply")
-            except MessageError as exc:
-                log.info("block exchange: dropping a stream that broke the protocol: %s", exc)
-                broken = True
-                cancel.cancel()
-            except _STREAM_ERRORS:
-                pass  # the asker went away or reset its side: answer what is queued
-            finished = True
-            waiting.wake.set()
-
-        frames_in, frames_out = trio.open_memory_channel[tuple[bytes, int, int | None]](LOAD_AHEAD)
-
-        def load(batch: list[tuple[int, bytes]]) -> list[tuple[bytes, int, int, bytes | None]]:
-            """In a worker thread: read, verify and frame a few replies at once. Each reply comes
-            with its request and, when it is NOT_FOUND, the digest asked for."""
-            out: list[tuple[bytes, int, int, bytes | None]] = []
-            try:
-                where = self.store.locate(cid for _, cid in batch)  # one index query for the batch
-            except RepoError:
-                where = {}  # each get below looks its block up again, and reports what fails
-            for request, cid in batch:
-                try:
-                    block = self.store.get(cid, where=where.get(cid))
-                except (NotFoundError, CorruptBlockError, RepoError):
-                    out.append((encode_message(NotFound(request)), 0, request, block_digest(cid)))
-                else:
-                    out.append((encode_message(Block(request, block)), len(block), request, None))
-            return out
-
-        async def prepare() -> None:
-            # reads the next replies from disk while the previous ones are being written
-            nonlocal reserved
-            async with frames_in:
-                while queue or waiting.haves or not finished:
-                    if waiting.haves:
-                        for request in waiting.take_haves():
-                            await frames_in.send((encode_message(Have(request)), -1, None))
-                        continue
-                    if not queue:
-                        await waiting.wake.wait()
-                        waiting.wake = trio.Event()
-                        continue
-                    batch = [queue.popitem_first() for _ in range(min(LOAD_BATCH, len(queue)))]
-                    answering.update(request for request, _ in batch)
-                    # reserve the most the batch can take; a buffer smaller than that is let overshoot
-                    # by one batch rather than never load anything
-                    estimate = min(len(batch) * MAX_FRAME, self.send_buffer)
-                    await self.budget.take(estimate)
-                    reserved += estimate
-                    replies = await trio.to_thread.run_sync(load, batch)
-                    actual = sum(len(frame) for frame, *_ in replies)
-                    self.budget.give(estimate - actual)
-                    reserved -= estimate - actual
-                    for frame, size, request, missing in replies:
-                        if missing is not None:
-                            waiting.remember(request, missing)
-                        await frames_in.send((frame, size, request))
-
-        async def send(cancel: trio.CancelScope) -> None:
-            nonlocal broken, reserved
-            try:
-                async for frame, size, request in frames_out:
-                    await stream.write(frame)
-                    if request is not None:
-                        self.budget.give(len(frame))
-                        reserved -= len(frame)
-                        closed(request)
-                    if size > 0:
-                        self.served_blocks += 1
-                        self.served_bytes += size
-                    elif size < 0:
-                        self.haves_sent += 1
-            except _STREAM_ERRORS:
-                broken = True
-                cancel.cancel()
-
-        self._streams.add(waiting)
+        self._wakes[session] = trio.Event()
+        serving = _Serving(self, session, stream)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(read_requests, nursery.cancel_scope)
-                nursery.start_soon(prepare)
-                nursery.start_soon(send, nursery.cancel_scope)
+                nursery.start_soon(serving.read_requests, nursery.cancel_scope)
+                nursery.start_soon(serving.prepare)
+                nursery.start_soon(serving.send, nursery.cancel_scope)
         finally:
-            self._streams.discard(waiting)
-            waiting.forget()
-            self.budget.give(reserved)
-        if broken:
+            del self._wakes[session]
+            self.rules.close_stream(session)
+            self.budget.give(serving.reserved)
+        if serving.broken:
             await _reset(stream)
         else:
             with contextlib.suppress(*_STREAM_ERRORS):
                 await stream.close()
+
+    def load(self, batch: list[tuple[int, bytes]]) -> list[_Reply]:
+        """In a worker thread: read, verify and frame a few replies at once."""
+        out: list[_Reply] = []
+        try:
+            where = self.store.locate(cid for _, cid in batch)  # one index query for the batch
+        except RepoError:
+            where = {}  # each get below looks its block up again, and reports what fails
+        for request, cid in batch:
+            try:
+                block = self.store.get(cid, where=where.get(cid))
+            except (NotFoundError, CorruptBlockError, RepoError):
+                out.append((encode_message(NotFound(request)), 0, request, cid))
+            else:
+                out.append((encode_message(BlockMessage(request, block)), len(block), request, None))
+        return out
+
+
+class _Serving:
+    """The three tasks that drive one inbound stream's :class:`ServerSession`."""
+
+    def __init__(self, server: BlockServer, session: ServerSession, stream: INetStream) -> None:
+        self.server = server
+        self.session = session
+        self.stream = stream
+        self.room = trio.Event()  # set when a request stops being open
+        self.reserved = 0  # bytes of the server's budget this stream holds
+        self.broken = False  # reset the stream at the end, not close it
+        self.frames_in, self.frames_out = trio.open_memory_channel[_Frame](LOAD_AHEAD)
+
+    async def read_requests(self, cancel: trio.CancelScope) -> None:
+        session = self.session
+        try:
+            while True:
+                while session.paused:  # backpressure: nothing more is read until a request closes
+                    with trio.move_on_after(BACKLOG_CHECK):
+                        await self.room.wait()
+                    session.resume(_unread(self.stream))
+                    self.server.wake(session)
+                try:
+                    data = await self.stream.read(REQUEST_READ_SIZE)
+                except StreamEOF:
+                    data = b""
+                if not data:
+                    if not session.end():
+                        log.debug("block exchange: dropping a stream that ended inside a frame")
+                        self.broken = True
+                        cancel.cancel()
+                    break
+                session.received(data)
+                self.server.wake(session)
+        except MessageError as exc:
+            log.info("block exchange: dropping a stream that broke the protocol: %s", exc)
+            self.broken = True
+            cancel.cancel()
+        except _STREAM_ERRORS:
+            pass  # the asker went away or reset its side: answer what is queued
+        session.finished = True
+        self.server.wake(session)
+
+    async def prepare(self) -> None:
+        """Reads the next replies from disk while the previous ones are being written."""
+        session, server = self.session, self.server
+        async with self.frames_in:
+            while not session.done:
+                if session.haves_due:
+                    for frame in session.take_haves():
+                        await self.frames_in.send((frame, -1, None))
+                    continue
+                batch = session.take_batch(LOAD_BATCH)
+                if not batch:
+                    await server.wait(session)
+                    continue
+                # reserve the most the batch can take; a buffer smaller than that is let overshoot
+                # by one batch rather than never load anything
+                estimate = min(len(batch) * MAX_FRAME, server.send_buffer)
+                await server.budget.take(estimate)
+                self.reserved += estimate
+                replies = await trio.to_thread.run_sync(server.load, batch)
+                actual = sum(len(frame) for frame, *_ in replies)
+                server.budget.give(estimate - actual)
+                self.reserved -= estimate - actual
+                for frame, size, request, missing in replies:
+                    if missing is not None:
+                        session.not_found(request, missing)
+                    await self.frames_in.send((frame, size, request))
+
+    async def send(self, cancel: trio.CancelScope) -> None:
+        server = self.server
+        try:
+            async for frame, size, request in self.frames_out:
+                await self.stream.write(frame)
+                if request is not None:
+                    server.budget.give(len(frame))
+                    self.reserved -= len(frame)
+                    self.session.written(request)
+                    self.room.set()
+                    self.room = trio.Event()
+                if size > 0:
+                    server.served_blocks += 1
+                    server.served_bytes += size
+                elif size < 0:
+                    server.haves_sent += 1
+        except _STREAM_ERRORS:
+            self.broken = True
+            cancel.cancel()
 
 
 def _unread(stream: INetStream) -> int:

@@ -20,13 +20,11 @@ from node.store.errors import RepoError
 from node.store.fsutil import WRITEBACK_STEP, full_error, is_full, start_writeback, write_all
 from node.store.lease import Lease
 from protocol.cid import cid_digest, verify_block
-from protocol.manifest import MAX_CHUNK
-from protocol.seal import TAG_LEN
+from protocol.manifest import MAX_BLOCK as MAX_BLOCK  # (the store re-exports it)
 
 if TYPE_CHECKING:
     from node.store.blockstore import BlockStore
 
-MAX_BLOCK = MAX_CHUNK + TAG_LEN
 PACK_MAX = 1 << 30  # a writer starts a new pack past this size, so gc compacts in bounded pieces
 PACK_MAGIC = b"SBPACK1\n"  # a framed pack's first bytes (an older pack starts with ciphertext)
 FRAME = struct.Struct(">4sI32s")  # before each block: FRAME_MAGIC, u32be(length), sha2-256 digest

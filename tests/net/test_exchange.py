@@ -23,7 +23,7 @@ from node.net.host import connect, listen_addrs, new_identity, open_host, set_ha
 from node.store.repo import Repo
 from protocol.cid import cid_of
 from protocol.link import ShareLink
-from protocol.messages import PROTOCOL_ID, Block, FrameDecoder, Have, Message, Want, encode_message
+from protocol.messages import PROTOCOL_ID, BlockMessage, FrameDecoder, Have, Message, Want, encode_message
 
 if TYPE_CHECKING:
     # trio-typing (a py-libp2p dependency) installs trio-stubs, which mypy reads instead of trio's own
@@ -148,7 +148,7 @@ async def lying_handler(stream: INetStream) -> None:
     async for messages in requests_of(stream):
         for message in messages:
             if isinstance(message, Want):
-                await stream.write(encode_message(Block(message.request, b"not the block" * 100)))
+                await stream.write(encode_message(BlockMessage(message.request, b"not the block" * 100)))
 
 
 async def test_a_peer_serving_corrupted_blocks_is_dropped_and_nothing_bad_is_stored(tmp_path: Path) -> None:
@@ -184,7 +184,7 @@ def mixed_handler(repo: Repo) -> Callable[[INetStream], Awaitable[None]]:
                 assert isinstance(want, Want)
                 asked += 1
                 payload = b"wrong" * 100 if asked == 2 else repo.blocks.get(want.cid)
-                replies.append(Block(want.request, payload))
+                replies.append(BlockMessage(want.request, payload))
             await stream.write(b"".join(encode_message(reply) for reply in replies))
 
     return handle
@@ -275,7 +275,7 @@ def slow_handler(store: Repo, delay: float) -> Callable[[INetStream], Awaitable[
                         continue  # a CANCEL: the block came from elsewhere
                     await trio.sleep(delay)  # the slow link itself, not a wait for anything
                     block = store.blocks.get(message.cid)
-                    await stream.write(encode_message(Block(message.request, block)))
+                    await stream.write(encode_message(BlockMessage(message.request, block)))
 
     return handle
 
@@ -380,7 +380,9 @@ async def test_a_fetch_ends_even_when_providers_go_on_talking(tmp_path: Path) ->
                     for message in messages:
                         if isinstance(message, Want):
                             block = holder.repo.blocks.get(message.cid)
-                            await stream.write(flood + encode_message(Block(message.request, block)) + flood)
+                            await stream.write(
+                                flood + encode_message(BlockMessage(message.request, block)) + flood
+                            )
 
         return handle
 

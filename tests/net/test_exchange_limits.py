@@ -20,15 +20,15 @@ from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 
 from node.files.add import add_path
-from node.net.block_server import MAX_BACKLOG, MAX_WAITING, SERVER_MAX_OPEN
 from node.net.errors import NetworkError
 from node.net.exchange import BlockServer, FetchError, fetch_blocks
 from node.net.host import connect, listen_addrs, new_identity, open_host, open_stream, set_handler
 from node.store.repo import Repo
 from protocol.cid import cid_of
+from protocol.exchange_server import MAX_BACKLOG, MAX_WAITING, SERVER_MAX_OPEN
 from protocol.messages import (
     PROTOCOL_ID,
-    Block,
+    BlockMessage,
     FrameDecoder,
     Message,
     MessageError,
@@ -121,7 +121,7 @@ async def test_a_thousand_requests_pipelined_in_one_write_get_a_thousand_answers
             await stream.close()
     assert sorted(m.request for m in got) == list(range(1000))
     for message in got:
-        assert isinstance(message, Block)
+        assert isinstance(message, BlockMessage)
         assert cid_of(message.data) == wanted[message.request]
 
 
@@ -223,7 +223,7 @@ async def half_a_block(stream: INetStream) -> None:
         while data := await stream.read(1 << 16):
             for message in decoder.feed(data):
                 assert isinstance(message, Want)
-                frame = encode_message(Block(message.request, b"x" * 1000))
+                frame = encode_message(BlockMessage(message.request, b"x" * 1000))
                 await stream.write(frame[:500])
                 await stream.close()
                 try:
