@@ -1,7 +1,13 @@
 """The root of the node's errors. Each layer has its own errors module with one root of its own
 (``StoreError``, ``FilesError``, ``NetworkError``, ``ServiceError``, ``CliError``), all under
 :class:`NodeError`, so the command line reports any of them in one line. Messages are one line, for
-the user, and never hold a key or a link."""
+the user, and never hold a key or a link.
+
+Also here, as every layer needs them: the unwrapping of trio's exception groups."""
+
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 
 class NodeError(Exception):
@@ -18,3 +24,10 @@ def single_exception(exc: BaseException) -> BaseException:
     while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
         inner = inner.exceptions[0]
     return inner if not isinstance(inner, BaseExceptionGroup) else exc
+
+
+def first_exception(group: BaseExceptionGroup[E]) -> E:
+    """The first leaf exception of a (possibly nested) exception group: where several tasks failed
+    with the same kind of error (``except* RepoError``), the one to report."""
+    inner = group.exceptions[0]
+    return first_exception(inner) if isinstance(inner, BaseExceptionGroup) else inner

@@ -19,6 +19,7 @@ from typing import ParamSpec, TypeVar
 import trio
 from libp2p.abc import IHost, INetStream
 
+from node.errors import first_exception
 from node.net.block_server import _STREAM_ERRORS, _reset
 from node.net.errors import NetworkError
 from node.net.fetch_session import FetchError as FetchError
@@ -50,15 +51,9 @@ def _unwrapping_repo_errors(fetch: Callable[P, Awaitable[T]]) -> Callable[P, Awa
         try:
             return await fetch(*args, **kwargs)
         except* RepoError as group:
-            raise _first(group) from None
+            raise first_exception(group) from None
 
     return unwrapped
-
-
-def _first(group: BaseExceptionGroup[RepoError]) -> RepoError:
-    """The first RepoError of a (possibly nested) exception group."""
-    inner = group.exceptions[0]
-    return _first(inner) if isinstance(inner, BaseExceptionGroup) else inner
 
 
 @_unwrapping_repo_errors
