@@ -27,6 +27,8 @@ WANT, BLOCK, NOT_FOUND, CANCEL, HAVE = 1, 2, 3, 4, 5
 class MessageError(ProtocolError):
     """A peer sent a frame or message that breaks the block-exchange protocol."""
 
+    category = "bad-message"
+
 
 @dataclass(frozen=True, slots=True)
 class Want:

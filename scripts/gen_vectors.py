@@ -560,14 +560,22 @@ def exchange_vectors() -> dict[str, Any]:
             }
         )
     invalid = [
-        {"frame": "00", "error": "empty frame"},
-        {"frame": "8000", "error": "not minimally encoded"},
-        {"frame": "8080808001", "error": "prefix is too long"},
-        {"frame": uvarint(MAX_FRAME + 1).hex(), "error": "over the"},
-        {"frame": "039209" + "01", "error": "unknown message type"},
-        {"frame": "029101", "error": "wrong number of fields"},
-        {"frame": _frame([1, 1, b"x" * 36]).hex(), "error": "malformed block id"},
-        {"frame": _frame([3, 2**32]).hex(), "error": "bad request id"},
+        {"frame": "00", "category": "bad-message", "why": "a frame of length 0"},
+        {"frame": "8000", "category": "bad-message", "why": "a length prefix not in its shortest form"},
+        {"frame": "8080808001", "category": "bad-message", "why": "a length prefix of more than 4 bytes"},
+        {
+            "frame": uvarint(MAX_FRAME + 1).hex(),
+            "category": "bad-message",
+            "why": "a frame longer than max_frame",
+        },
+        {"frame": "039209" + "01", "category": "bad-message", "why": "an unknown message type (9)"},
+        {"frame": "029101", "category": "bad-message", "why": "a message with the wrong number of fields"},
+        {
+            "frame": _frame([1, 1, b"x" * 36]).hex(),
+            "category": "bad-message",
+            "why": "a WANT whose block id is not a CID",
+        },
+        {"frame": _frame([3, 2**32]).hex(), "category": "bad-message", "why": "a request id over 2^32 - 1"},
     ]
     return {"protocol": PROTOCOL_ID, "max_frame": MAX_FRAME, "frames": frames, "invalid": invalid}
 

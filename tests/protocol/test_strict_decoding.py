@@ -316,6 +316,7 @@ def test_the_strict_decoder_refuses_non_text_keys_repeats_and_depth() -> None:
 def test_every_protocol_error_class_has_the_category_the_spec_names() -> None:
     """specs/format.md, *Error categories*: the table and protocol/errors.py agree, class by class."""
     import protocol.errors as errors
+    import protocol.messages as messages
 
     spec = (Path(__file__).parents[2] / "specs" / "format.md").read_text()
     table = spec.split("## Error categories", 1)[1].split("\n## ", 1)[0]
@@ -323,7 +324,7 @@ def test_every_protocol_error_class_has_the_category_the_spec_names() -> None:
     named = {cls.strip(" `"): cat.strip(" `") for cat, classes in rows for cls in classes.split(",")}
     classes = {
         name: cls
-        for name, cls in vars(errors).items()
+        for name, cls in (*vars(errors).items(), *vars(messages).items())
         if isinstance(cls, type) and issubclass(cls, errors.ProtocolError)
     }
     assert named == {name: cls.category for name, cls in classes.items()}
