@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -329,6 +330,18 @@ def _existing(repo: Repo, earlier: Pin, key: bytes, display_name: str | None, wi
     return AddResult(link, pin, 0, True)
 
 
+FRAMES_PER_LEVEL = 8  # Python frames the adder's recursion takes per directory level (4 measured)
+
+
+def _room_to_recurse() -> None:
+    """Make Python's recursion limit (1000 by default) room enough for a tree of ``MAX_DEPTH`` levels
+    on top of whatever called us. Raised for the process and never lowered (a lower limit could trip
+    another thread's add)."""
+    need = 1000 + FRAMES_PER_LEVEL * MAX_DEPTH
+    if sys.getrecursionlimit() < need:
+        sys.setrecursionlimit(need)
+
+
 def add_path(
     repo: Repo,
     path: Path,
@@ -342,6 +355,7 @@ def add_path(
 ) -> AddResult:
     """Seal ``path`` (a file or a directory tree) into ``repo``, pin it and return its link."""
     check_chunk_size(chunk_size)
+    _room_to_recurse()
     path, name = _input(path)
     # one sealing thread per core: with two per core (and the reading thread) on 2 cores, a 1 GiB add
     # was 5-20% slower in each of five back-to-back pairs; the threads only contend for the cores
