@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from protocol.cid import CID_LEN, cid_of, split_cids, verify_block
+from protocol.cid import cid_of, verify_block
 from protocol.errors import DecryptError, ManifestError
 from protocol.manifest import MAX_LEVEL, Node, fanout, top_max
 from protocol.padding import padded_size
@@ -153,42 +153,3 @@ class IndexBuilder:
         cid = cid_of(block)
         out.append((cid, block))
         self._push(level + 1, cid, out)
-
-
-def iter_leaves(
-    node: Node, keys: NodeKeys, fetch: Fetch, on_index: Callable[[bytes], None] | None = None
-) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(position, cid)`` of every data chunk of ``node`` in order, opening index blocks as needed.
-
-    ``fetch(cid)`` returns a block's bytes; every index block is verified against its CID and checked
-    against the counts the node's size implies, so truncation, reordering and substitution fail here.
-    ``on_index(cid)`` is told of every index block once it has been read and checked.
-    """
-    counts = node.counts()
-    fan = fanout(node.chunk_size)
-    if node.level == 0:
-        yield from enumerate(node.top)
-        return
-
-    def walk(level: int, position: int, cid: bytes) -> Iterator[bytes]:
-        # index block `position` at `level` holds CIDs of level-1 items [position*fan, ...)
-        below = counts[level - 1]
-        expected = min(fan, below - position * fan)
-        block = fetch(cid)
-        verify_block(cid, block)
-        if len(block) != expected * CID_LEN + TAG_LEN:
-            raise ManifestError("index block has the wrong length for its position")
-        plain = keys.index(level).open(position, block, "index block")
-        if on_index is not None:
-            on_index(cid)
-        for i, child in enumerate(split_cids(plain)):
-            if level == 1:
-                yield child
-            else:
-                yield from walk(level - 1, position * fan + i, child)
-
-    leaf = 0
-    for i, cid in enumerate(node.top):
-        for child in walk(node.level, i, cid):
-            yield leaf, child
-            leaf += 1

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from protocol.cid import CID_LEN, check_cid, verify_block
+from protocol.cid import CID_LEN, split_cids, verify_block
 from protocol.errors import ManifestError
 from protocol.manifest import EntryDecoder, Node, fanout, open_node
 from protocol.seal import TAG_LEN, NodeKeys
@@ -133,8 +133,35 @@ def open_index(
     verify_block(cid, block)
     if len(block) != expected * CID_LEN + TAG_LEN:
         raise ManifestError("index block has the wrong length for its position")
-    plain = keys.index(level).open(position, block, "index block")
-    return [check_cid(plain[i * CID_LEN : (i + 1) * CID_LEN]) for i in range(expected)]
+    return split_cids(keys.index(level).open(position, block, "index block"))
+
+
+def iter_leaves(
+    node: Node,
+    keys: NodeKeys,
+    fetch: Callable[[bytes], bytes],
+    on_index: Callable[[bytes], None] | None = None,
+) -> Iterator[tuple[int, bytes]]:
+    """``(position, cid)`` of every data chunk of a file ``node`` in order, its index blocks fetched
+    with ``fetch(cid)`` and opened by :func:`open_index` (``on_index(cid)`` is told of each): the
+    leaves alone, for callers that hold the node already."""
+    counts, fan = node.counts(), fanout(node.chunk_size)
+    if node.level == 0:
+        yield from enumerate(node.top)
+        return
+
+    def below(level: int, position: int, cid: bytes) -> Iterator[bytes]:
+        children = open_index(keys, counts, fan, level, position, cid, fetch(cid))
+        if on_index is not None:
+            on_index(cid)
+        for i, child in enumerate(children):
+            if level == 1:
+                yield child
+            else:
+                yield from below(level - 1, position * fan + i, child)
+
+    leaves = (leaf for i, cid in enumerate(node.top) for leaf in below(node.level, i, cid))
+    yield from enumerate(leaves)
 
 
 class TreeWalk:

@@ -269,3 +269,12 @@ def run_on_pty(args: list[str], env: dict[str, str], timeout: float = 60) -> tup
             proc.kill()
             proc.wait()
     return proc.returncode, out.decode(), drawn
+
+
+def peer_id_of(secret: bytes) -> str:
+    """The peer id (base58, ``12D3KooW...``) of an identity file's bytes."""
+    from libp2p.peer.id import ID  # imports libp2p: only for the tests that need it
+
+    from node.net.host import load_identity
+
+    return ID.from_pubkey(load_identity(secret).public_key).to_base58()

@@ -115,11 +115,6 @@ def load_identity(secret: bytes) -> KeyPair:
     return KeyPair(private, private.get_public_key())
 
 
-def peer_id_of(secret: bytes) -> str:
-    """The peer id (base58, ``12D3KooW...``) of an identity."""
-    return ID.from_pubkey(load_identity(secret).public_key).to_base58()
-
-
 # -- addresses ----------------------------------------------------------------------------------------
 
 

@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from node.cli.secrets import scrubbed
-from node.net.host import peer_id_of
 from node.net.identity import load_or_create_identity
 from protocol.cid import cid_to_text
 from protocol.link import parse_link
-from tests.helpers import SEALBOX, RunCli, ok, one_error
+from tests.helpers import SEALBOX, RunCli, ok, one_error, peer_id_of
 
 
 @pytest.fixture

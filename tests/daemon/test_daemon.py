@@ -26,11 +26,10 @@ from node.daemon import api
 from node.daemon.api_client import ApiClient
 from node.daemon.config import TEMPLATE, Config, load_config, parse_config
 from node.daemon.errors import ApiError, ConfigError
-from node.net.host import peer_id_of
 from node.net.identity import load_or_create_identity
 from node.store.errors import RepoError
 from protocol.link import parse_link
-from tests.helpers import SEALBOX, LoggedProcess, RunCli, ok, one_error, run_on_pty
+from tests.helpers import SEALBOX, LoggedProcess, RunCli, ok, one_error, peer_id_of, run_on_pty
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0  # a bound on waiting for the exit, not a budget

@@ -28,8 +28,9 @@ from node.net.dht_guard import (
     MAX_PROVIDER_ADDRS,
     CappedProviderStore,
 )
-from node.net.host import connect, listen_addrs, new_identity, open_host, peer_id_of
+from node.net.host import connect, listen_addrs, new_identity, open_host
 from protocol.cid import cid_of
+from tests.helpers import peer_id_of
 
 ANSWER_LIMIT = 4 * 1024 * 1024
 

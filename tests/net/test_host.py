@@ -23,9 +23,9 @@ from node.net.host import (
     new_identity,
     open_host,
     open_stream,
-    peer_id_of,
     set_handler,
 )
+from tests.helpers import peer_id_of
 
 ECHO = "/sealbox-test/reverse/1"
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"

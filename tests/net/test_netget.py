@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Peer:
+class SwarmNode:
     dht: Dht
     repo: Repo
     server: BlockServer
@@ -45,14 +45,14 @@ class Peer:
         return listen_addrs(self.dht.host)[0]
 
 
-async def run_peer(path: Path, stop: trio.Event, *, task_status: TaskStatus[Peer]) -> None:
+async def run_peer(path: Path, stop: trio.Event, *, task_status: TaskStatus[SwarmNode]) -> None:
     repo = Repo.open(path)
     stopped = trio.Event()
     try:
         async with open_host(new_identity()) as host, open_dht(host) as dht:
             server = BlockServer(repo.blocks)
             server.install(host)
-            task_status.started(Peer(dht, repo, server, stop, stopped))
+            task_status.started(SwarmNode(dht, repo, server, stop, stopped))
             await stop.wait()
     finally:
         repo.close()
@@ -60,14 +60,14 @@ async def run_peer(path: Path, stop: trio.Event, *, task_status: TaskStatus[Peer
 
 
 @asynccontextmanager
-async def swarm(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[Peer]]]:
+async def swarm(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[SwarmNode]]]:
     """A factory of full nodes (host, DHT, block server, repo), each in a task of its own; the first is
     everyone's bootstrap peer."""
-    peers: list[Peer] = []
+    peers: list[SwarmNode] = []
     async with trio.open_nursery() as nursery:
 
-        async def new_peer() -> Peer:
-            peer: Peer = await nursery.start(run_peer, tmp_path / f"node-{len(peers)}", trio.Event())
+        async def new_peer() -> SwarmNode:
+            peer: SwarmNode = await nursery.start(run_peer, tmp_path / f"node-{len(peers)}", trio.Event())
             if peers:
                 assert await peer.dht.bootstrap([peers[0].addr]) == 1
             peers.append(peer)

@@ -31,7 +31,8 @@ from protocol.manifest import (
 from protocol.names import check_name, fold_name
 from protocol.padding import MIN_PADDED, padded_size
 from protocol.seal import KEY_LEN, NodeKeys
-from protocol.stream import Chunker, IndexBuilder, iter_leaves
+from protocol.stream import Chunker, IndexBuilder
+from protocol.walk import iter_leaves
 from tests.helpers import SMALL_CHUNK
 
 CHUNK_SIZES = [1 << b for b in range(14, 21)]  # 16 KiB .. 1 MiB

@@ -22,8 +22,9 @@ from protocol.manifest import Entry, EntryDecoder, decode_node, encode_entry, fa
 from protocol.names import FolderNames, check_name, colliding_names, fold_name
 from protocol.padding import padded_size
 from protocol.seal import NodeKeys, subkey
-from protocol.stream import iter_leaves, open_content
+from protocol.stream import open_content
 from protocol.tree import Dir, File, Item, open_tree, seal_tree
+from protocol.walk import iter_leaves
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "specs" / "vectors"

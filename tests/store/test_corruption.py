@@ -18,7 +18,8 @@ from protocol.errors import CorruptBlockError, DecryptError, LinkError, Protocol
 from protocol.link import ShareLink, parse_link
 from protocol.manifest import Entry, EntryDecoder, Node, decode_node, encode_entry, encode_node
 from protocol.seal import NodeKeys
-from protocol.stream import iter_leaves, open_chunk
+from protocol.stream import open_chunk
+from protocol.walk import iter_leaves
 from tests.helpers import (
     SMALL_CHUNK,
     block_region,

@@ -20,7 +20,7 @@ from protocol.errors import CidError, CorruptBlockError
 from protocol.manifest import chunk_count, decode_node, level_counts
 from protocol.padding import padded_size
 from protocol.seal import NodeKeys
-from protocol.stream import iter_leaves
+from protocol.walk import iter_leaves
 from tests.helpers import (
     SMALL_CHUNK,
     block_region,
