@@ -72,6 +72,15 @@ def decode_pin_file(data: bytes, root: bytes | None = None) -> tuple[Pin, list[b
         raise RepoError(f"pin of {cid_to_text(layout.pin.root)} is damaged: it lists a non-CID") from None
 
 
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file, read a MiB at a time (outputs of hundreds of MiB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def read_region(path: Path, offset: int, length: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(offset)

@@ -6,7 +6,6 @@ real hosts on 127.0.0.1 in this process for the fetches.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from node.store.repo import Repo
 from protocol.cid import cid_of
 from protocol.link import ShareLink
 from tests.daemon.test_daemon import Daemon, daemons  # noqa: F401  (the fixture)
-from tests.helpers import RunCli, ok, pack_files
+from tests.helpers import RunCli, file_sha256, ok, pack_files
 from tests.net.test_netget import swarm
 
 MIB = 1 << 20
@@ -183,14 +182,6 @@ def test_sealbox_gc_goes_through_a_running_daemon(
     daemon.wait_for(r"gc: removed 2 unpinned blocks")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MIB):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _random_file(path: Path, size: int) -> Path:
     with open(path, "wb") as f:
         for _ in range(size // (4 * MIB)):
@@ -263,7 +254,7 @@ async def test_gc_in_a_loop_during_fetches_and_an_add_keeps_every_pinned_root_wh
                 nursery.start_soon(gc_loop, third.repo)
                 nursery.start_soon(fetch_all)
             assert gcs_during_fetch >= 2
-            sources = {link.root: (link, _sha256(big)), added[0].root: (added[0], _sha256(small))}
+            sources = {link.root: (link, file_sha256(big)), added[0].root: (added[0], file_sha256(small))}
             for number, peer in enumerate((fetcher, third)):
                 await trio.to_thread.run_sync(peer.repo.gc)
                 pins = {pin.root for pin in peer.repo.pins()}
@@ -272,5 +263,5 @@ async def test_gc_in_a_loop_during_fetches_and_an_add_keeps_every_pinned_root_wh
                     got, expected = sources[root]
                     out = tmp_path / f"out-{number}-{root.hex()[-8:]}"
                     result = await trio.to_thread.run_sync(get_link, peer.repo, got, out)
-                    assert await trio.to_thread.run_sync(_sha256, result.path) == expected
+                    assert await trio.to_thread.run_sync(file_sha256, result.path) == expected
                     result.path.unlink()

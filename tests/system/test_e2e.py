@@ -9,7 +9,6 @@ node running. The ``--netns`` partition test is in ``test_testnet.py``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import select
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from node.store.fsutil import FileWatch
-from tests.helpers import snapshot
+from tests.helpers import file_sha256, snapshot
 from tests.testnet_driver import Testnet, ok, wait_for_log
 
 NODES = 5
@@ -45,14 +44,6 @@ def random_file(path: Path, size: int) -> Path:
     return path
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MIB):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def wait_exit(pid: int, timeout: float) -> None:
     """Wait for a process that is not our child to exit (its pidfd turns readable)."""
     with contextlib.suppress(ProcessLookupError):
@@ -69,7 +60,7 @@ def test_add_on_node_0_get_on_node_4_by_link_only(net: Testnet, tmp_path: Path) 
     link = net.add(0, sample)
     copy = tmp_path / "copy.bin"
     assert ok(net.cli(4, "get", link, "-o", copy)).strip() == str(copy)
-    assert sha256(copy) == sha256(sample)
+    assert file_sha256(copy) == file_sha256(sample)
     # node 4 found node 0 through the DHT and now seeds the file too
     wait_for_log(net.log(4), r"announced root \S+ to the DHT")
 
@@ -83,7 +74,7 @@ def test_a_file_outlives_its_uploader_through_a_seed(net: Testnet, tmp_path: Pat
     try:
         copy = tmp_path / "second.bin"
         ok(net.cli(3, "get", link, "-o", copy))
-        assert sha256(copy) == sha256(sample)
+        assert file_sha256(copy) == file_sha256(sample)
         assert net.status(2)["served_bytes"] >= served_before + 2 * MIB  # node 2 served all of it
     finally:
         ok(net.testnet("start", "1"))
@@ -101,7 +92,7 @@ def test_eight_concurrent_gets_of_different_files(net: Testnet, tmp_path: Path) 
         _, err = get.communicate(timeout=120)
         assert get.returncode == 0, err
     for sample, out in zip(files, outs, strict=True):
-        assert sha256(out) == sha256(sample)
+        assert file_sha256(out) == file_sha256(sample)
 
 
 def test_a_provider_stopped_mid_transfer_leaves_the_get_to_the_others(net: Testnet, tmp_path: Path) -> None:
@@ -132,7 +123,7 @@ def test_a_provider_stopped_mid_transfer_leaves_the_get_to_the_others(net: Testn
         _, err = get.communicate(timeout=120)
         assert get.returncode == 0, err
         assert fetched < size  # node 0 was stopped before the transfer was over
-        assert sha256(copy) == sha256(sample)
+        assert file_sha256(copy) == file_sha256(sample)
         assert net.status(1)["served_bytes"] > 0
     finally:
         ok(net.testnet("start", "0"))
@@ -151,7 +142,7 @@ def test_a_restarted_node_keeps_its_identity_serves_and_reannounces(net: Testnet
     assert "announced 0 root" not in line, line
     copy = tmp_path / "copy.bin"
     ok(net.cli(4, "get", link, "-o", copy))
-    assert sha256(copy) == sha256(sample)
+    assert file_sha256(copy) == file_sha256(sample)
     assert net.status(3)["served_bytes"] >= 1 * MIB
 
 
