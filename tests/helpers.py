@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import os
 import pty
 import re
@@ -15,6 +16,7 @@ import termios
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Protocol
 
 import pytest
@@ -287,3 +289,16 @@ def peer_id_of(secret: bytes) -> str:
     from node.net.host import load_identity
 
     return ID.from_pubkey(load_identity(secret).public_key).to_base58()
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package), once per process."""
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

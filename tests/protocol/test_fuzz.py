@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,8 +25,8 @@ from protocol.link import parse_link
 from protocol.manifest import EntryDecoder, decode_node
 from protocol.messages import FrameDecoder, decode_body
 from protocol.padding import padded_size
+from tests.helpers import load_script
 
-ROOT = Path(__file__).resolve().parents[2]
 FUZZ = settings(
     max_examples=300,
     deadline=None,
@@ -38,12 +36,7 @@ FUZZ = settings(
 
 
 def load_fuzz() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sealbox_fuzz", ROOT / "scripts" / "fuzz.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sealbox_fuzz"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("fuzz")
 
 
 fuzz = load_fuzz()

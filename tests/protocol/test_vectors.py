@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -25,6 +23,7 @@ from protocol.seal import NodeKeys, subkey
 from protocol.stream import open_content
 from protocol.tree import Dir, File, Item, open_tree, seal_tree
 from protocol.walk import iter_leaves
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "specs" / "vectors"
@@ -35,12 +34,7 @@ def load(name: str) -> Any:
 
 
 def gen_vectors() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_vectors", ROOT / "scripts" / "gen_vectors.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gen_vectors"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gen_vectors")
 
 
 def test_vector_files_are_current() -> None:
