@@ -190,7 +190,6 @@ async def _fetch_rounds(
             nursery.start_soon(_announce_early, dht, link.root)
         try:
             peers = await _providers(host, dht, link, find_timeout)
-            report.providers = max(report.providers, len(peers))
             fetch = _Rounds(host, dht, repo, link, lease, frontier, peers, find_timeout, on_bytes)
             stats = await fetch.run(missing, report)
             report.providers = max(report.providers, len(peers))  # those found during the fetch included

@@ -11,7 +11,7 @@ with: every block of a complete tree, read back once.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -102,7 +102,7 @@ class Frontier:
         self._found([cid])
         self._walk.give(block)
 
-    def _look(self, cids: Iterable[bytes]) -> None:
+    def _look(self, cids: Sequence[bytes]) -> None:  # read thrice: a sequence, not an iterator
         where = self._store.locate(cids)
         self._found([cid for cid in cids if cid in where])
         self._queued.update((cid, None) for cid in cids if cid not in where)
