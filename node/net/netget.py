@@ -20,10 +20,8 @@ and one more walk (all else leased by then) fetches it again.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,8 +36,9 @@ from node.net.exchange import FetchError, FetchStats, fetch_blocks
 from node.net.host import Peer, connect, new_identity, open_host
 from node.store.errors import NotFoundError
 from node.store.lease import Lease
-from node.store.repo import Pin, Repo, now
-from node.store.tree_walk import Frontier, TreeSummary, read_tree
+from node.store.pin_tree import pin_fetched
+from node.store.repo import Repo
+from node.store.tree_walk import Frontier
 from protocol.errors import ProtocolError
 from protocol.link import ShareLink
 
@@ -65,45 +64,6 @@ def next_round(frontier: Frontier, lease: Lease, limit: int = ROUND_LIMIT) -> li
     missing = frontier.round(limit)
     lease.flush()
     return missing
-
-
-def pin_fetched(repo: Repo, link: ShareLink) -> Pin:
-    """Pin a complete tree with its block list, so gc keeps it and the node serves and announces it.
-
-    A root pinned already (added here, or fetched before) keeps its pin as it is. Under the repo's
-    shared lock (no gc meanwhile), and only once every block has been read back from a pack that
-    still exists and found to hash to its CID: an index row alone is not enough (NotFoundError).
-    """
-    with repo.lock():
-        return _pin_fetched(repo, link)
-
-
-def _pin_fetched(repo: Repo, link: ShareLink) -> Pin:
-    with contextlib.suppress(NotFoundError):
-        return repo.read_pin(link.root)
-    summary = TreeSummary()
-    path = repo.new_block_list()
-    count = stored = 0
-    seen: set[bytes] = set()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            for cid, length in read_tree(repo.blocks, link, summary):  # NotFoundError if one is missing
-                if cid in seen:
-                    continue
-                seen.add(cid)
-                f.write(cid)
-                count += 1
-                stored += length
-            f.flush()
-            os.fsync(f.fileno())
-        pin = Pin(link.root, summary.kind, summary.size, count, stored, now(), link.name)
-        repo.write_pin(pin, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        raise
-    return pin
 
 
 async def fetch_link(

@@ -12,7 +12,7 @@ Layout (specs/format.md, "Local repo"; the modules named are in node/store/)::
     REPO/leases/<r>.lease   what a running fetch holds until it pins, flocked while alive (lease.py)
 
 gc at any moment: it takes the exclusive lock, so adds (which hold the shared lock throughout), unpins
-and the moment a fetch pins (node/net/netget.py's ``pin_fetched`` holds the shared lock) never overlap
+and the moment a fetch pins (node/store/pin_tree.py's ``pin_fetched`` holds the shared lock) never overlap
 it; a fetch holds no lock while it fetches, and is protected by its writer sessions' pack locks and its
 lease instead.
 """

@@ -19,9 +19,10 @@ import trio.lowlevel
 
 from node.files.add import add_path
 from node.files.get import get_link
-from node.net.netget import fetch_link, pin_fetched
+from node.net.netget import fetch_link
 from node.store.blockstore import FRAME, BlockStore
 from node.store.errors import NotFoundError
+from node.store.pin_tree import pin_fetched
 from node.store.repo import Repo
 from protocol.cid import cid_of
 from protocol.link import ShareLink

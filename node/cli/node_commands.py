@@ -1,0 +1,76 @@
+"""``sealbox daemon``, and ``status`` and ``peers``, which ask the running one."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from node.cli.common import daemon, repo_path
+from node.cli.output import Output, human
+from node.daemon.api_client import NoDaemon
+from node.daemon.errors import DaemonError
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """``daemon``, and ``status`` and ``peers``, which ask the running one."""
+    run = sub.add_parser(
+        "daemon", parents=[common], help="run the node: serve and announce pinned roots, answer the CLI"
+    )
+    run.add_argument(
+        "--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable; overrides config)"
+    )
+    run.add_argument(
+        "--bootstrap",
+        action="append",
+        metavar="MULTIADDR",
+        help="peer to join the DHT through, .../p2p/<id> (repeatable; overrides config)",
+    )
+    run.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
+    )
+    run.set_defaults(func=cmd_daemon)
+
+    status = sub.add_parser("status", parents=[common], help="show the running daemon's state")
+    status.set_defaults(func=cmd_status)
+    peers = sub.add_parser("peers", parents=[common], help="list the peers the daemon is connected to")
+    peers.set_defaults(func=cmd_peers)
+
+
+def _running(args: argparse.Namespace, path: str) -> Any:
+    try:
+        return daemon(args).call("GET", path)
+    except NoDaemon:
+        raise DaemonError(f"no daemon runs on {repo_path(args)}: start one with 'sealbox daemon'") from None
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    status = _running(args, "/v1/status")
+    limit = status["storage_limit"]
+    last = status["last_reprovide"]
+    lines = [
+        f"peer id    {status['peer_id']}",
+        *(f"listening  {addr}" for addr in status["addrs"]),
+        f"peers      {status['peers']}",
+        f"stored     {status['blocks']} blocks, {human(status['stored_bytes'])}"
+        f" (limit: {human(limit) if limit is not None else 'none'})",
+        f"roots      {status['roots']} pinned, {status['roots_announced']} announced"
+        f" (last announcement: {last or 'none yet'}); seeding {'on' if status['seed'] else 'off'}",
+        f"served     {status['served_blocks']} blocks, {human(status['served_bytes'])} since start",
+    ]
+    Output(args).emit(status, "\n".join(lines))
+
+
+def cmd_peers(args: argparse.Namespace) -> None:
+    peers = _running(args, "/v1/peers")["peers"]
+    text = "\n".join(f"{p['peer_id']}  {' '.join(p['addrs'])}".rstrip() for p in peers)
+    Output(args).emit(peers, text or None)
+
+
+def cmd_daemon(args: argparse.Namespace) -> None:
+    from node.daemon import logs
+    from node.daemon import main as daemon_main  # imports trio and libp2p: only for the daemon
+
+    logs.configure(args.log_level)
+    daemon_main.run(repo_path(args), listen=args.listen or (), bootstrap=args.bootstrap or ())
