@@ -34,6 +34,7 @@ from node.net.dht import FIND_TIMEOUT, Dht, open_dht
 from node.net.errors import NetworkError
 from node.net.exchange import FetchError, FetchStats, fetch_blocks
 from node.net.host import Peer, connect, new_identity, open_host
+from node.net.progress import FetchProgress
 from node.store.errors import NotFoundError
 from node.store.lease import Lease
 from node.store.pin_tree import pin_fetched
@@ -76,6 +77,7 @@ async def fetch_link(
     pin: bool = True,
     find_timeout: float = FIND_TIMEOUT,
     on_bytes: Callable[[int], None] | None = None,
+    progress: FetchProgress | None = None,
 ) -> FetchReport:
     """Make every block of ``link``'s tree present in ``repo`` and, with ``pin``, pin it.
 
@@ -84,10 +86,29 @@ async def fetch_link(
     Providers come from the link's peer hints (dialed first) and the DHT. With ``announce``, the node
     announces the root in the background as soon as it starts (it serves what it holds while
     fetching, like a BitTorrent peer). Without ``pin`` the blocks stay unpinned: gc may remove them
-    and the reprovider does not announce them (``get --no-seed``).
+    and the reprovider does not announce them (``get --no-seed``). ``progress``, if given, is filled in
+    as the fetch goes (node/net/progress.py says who writes which field).
     """
+    if progress is not None:
+        on_bytes = _counting(progress, on_bytes)
     with repo.lease() as lease:
-        return await _fetch_leased(host, dht, repo, link, lease, announce, pin, find_timeout, on_bytes)
+        report = await _fetch_leased(
+            host, dht, repo, link, lease, announce, pin, find_timeout, on_bytes, progress
+        )
+    if progress is not None:
+        progress.enter("done")
+    return report
+
+
+def _counting(progress: FetchProgress, on_bytes: Callable[[int], None] | None) -> Callable[[int], None]:
+    """``on_bytes`` that also adds the bytes to ``progress``."""
+
+    def counted(n: int) -> None:
+        progress.add(n)
+        if on_bytes is not None:
+            on_bytes(n)
+
+    return counted
 
 
 async def _fetch_leased(
@@ -100,6 +121,7 @@ async def _fetch_leased(
     pin: bool,
     find_timeout: float,
     on_bytes: Callable[[int], None] | None,
+    progress: FetchProgress | None = None,
 ) -> FetchReport:
     # The walk leases each block it finds held as it finds it, but a gc that read the leases just
     # before may still delete one in between. The pin reads every block back and says so
@@ -109,11 +131,17 @@ async def _fetch_leased(
     second = False
     while True:
         frontier = Frontier(repo.blocks, link, lease.add)
+        if progress is not None:
+            progress.walk = frontier
         missing = await trio.to_thread.run_sync(next_round, frontier, lease)
         if missing:
+            if progress is not None and progress.phase == "starting":
+                progress.enter("looking")
             await rounds(frontier, missing, report, announce=announce and not second)
         if not pin:
             return report
+        if progress is not None:
+            progress.enter("pinning")
         try:
             await trio.to_thread.run_sync(pin_fetched, repo, link)
         except NotFoundError:
@@ -280,6 +308,7 @@ def get_from_network(
     bootstrap: Sequence[str] = (),
     pin: bool = True,
     on_bytes: Callable[[int], None] | None = None,
+    progress: FetchProgress | None = None,
 ) -> FetchReport:
     """Fetch ``link`` into ``repo`` with a temporary node (no daemon runs): a host on loopback with a
     fresh identity, the DHT bootstrapped from ``bootstrap``, the link's peer hints. It does not announce
@@ -296,6 +325,8 @@ def get_from_network(
                         " answered, and the link has no peer hints"
                     )
                 routing = None  # the link's peer hints alone
-            return await fetch_link(host, routing, repo, link, announce=False, pin=pin, on_bytes=on_bytes)
+            return await fetch_link(
+                host, routing, repo, link, announce=False, pin=pin, on_bytes=on_bytes, progress=progress
+            )
 
     return trio.run(run)
