@@ -9,7 +9,8 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 
-from node.cli import node_commands, repo_commands, share
+from node.cli import node_commands, repo_commands, share, transfer_commands
+from node.cli.output import Interrupted
 from node.cli.secrets import scrub_process_title
 from node.errors import NodeError
 from node.files.alloc import keep_freed_buffers
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     share.register(sub, common)  # in the order 'sealbox --help' lists them
     repo_commands.register(sub, common)
     node_commands.register(sub, common)
+    transfer_commands.register(sub, common)
     return parser
 
 
@@ -55,14 +57,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.func(args)
     except (NodeError, ProtocolError) as exc:
         return _fail(args, str(exc))
-    except KeyboardInterrupt:
-        return _fail(args, "interrupted: nothing partial was kept", EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        return _fail(args, _interrupted(args, exc), EXIT_INTERRUPTED)
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         return _fail(args, f"{exc.strerror or exc}{where}")
     except sqlite3.Error as exc:  # the block store turns these into RepoDamagedError: a last resort
         return _fail(args, f"the block index is damaged ({exc}): run 'sealbox repo check'")
     return 0
+
+
+def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
+    """The truthful line for Ctrl-C: what the command that was stopped leaves behind."""
+    if isinstance(exc, Interrupted):  # a fetch, or a transfer in the daemon: it knows what stays
+        return exc.message
+    if args.command == "add":  # add pins only at its end: its blocks wait, unpinned, for gc
+        return "interrupted: nothing was pinned and no link was made"
+    if args.command == "get":  # the output is written under a temp name, renamed at the end
+        return "interrupted: no output was written"
+    return "interrupted"
 
 
 def _fail(args: argparse.Namespace, message: str, code: int = EXIT_ERROR) -> int:

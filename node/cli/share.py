@@ -8,15 +8,16 @@ import sys
 from pathlib import Path
 
 from node.cli.common import daemon, open_repo, warn
-from node.cli.output import Output, fetch_bar, progress_bar
+from node.cli.output import Interrupted, Output, fetch_status, human, progress_bar
 from node.cli.secrets import STDIN, SecretInputError, read_link, read_name
-from node.cli.through_daemon import daemon_add, daemon_fetch
+from node.cli.through_daemon import daemon_add, daemon_fetch, detach_fetch
 from node.daemon.api_client import NoDaemon
 from node.daemon.config_file import storage_limit
 from node.daemon.errors import DaemonError
 from node.daemon.views import add_json
 from node.files.add import add_path, scan_size
 from node.files.get import GetResult, get_link
+from node.net.progress import FetchProgress
 from node.store.errors import NotFoundError
 from node.store.repo import Repo
 from protocol.cid import cid_to_text
@@ -79,6 +80,11 @@ def register(
         action="store_true",
         help="do not announce, pin or keep serving what was fetched (by default a fetcher becomes a seed)",
     )
+    get.add_argument(
+        "--detach",
+        action="store_true",
+        help="hand the fetch to the running daemon and return at once (follow it with 'sealbox transfers')",
+    )
     get.set_defaults(func=cmd_get)
 
 
@@ -133,6 +139,9 @@ def cmd_get(args: argparse.Namespace) -> None:
     if not text.strip().startswith(SCHEME):
         raise LinkError("get needs a share link (sealbox:?...): a root alone does not carry the key")
     link = parse_link(text)
+    if args.detach:
+        detach_fetch(args, link)
+        return
     repo = open_repo(args)
     if not repo.blocks.has(link.root):
         _fetch_from_network(args, repo, link)
@@ -180,12 +189,21 @@ def _fetch_from_network(args: argparse.Namespace, repo: Repo, link: ShareLink) -
             f"{cid_to_text(link.root)} is not in this repo, and there is nowhere to look for it: the link"
             " has no peer hints, no bootstrap peer is configured, and no daemon runs"
         )
-    with fetch_bar(args, link) as reached:
-        fetched = 0
+    progress = FetchProgress()
+    with fetch_status(args, link, progress):
+        try:
+            netget.get_from_network(repo, link, bootstrap=bootstrap, pin=not args.no_seed, progress=progress)
+        except KeyboardInterrupt:
+            raise Interrupted(_stopped_line(progress)) from None
 
-        def stored(size: int) -> None:
-            nonlocal fetched
-            fetched += size
-            reached(fetched)
 
-        netget.get_from_network(repo, link, bootstrap=bootstrap, pin=not args.no_seed, on_bytes=stored)
+def _stopped_line(progress: FetchProgress) -> str:
+    """What an interrupted fetch of this process leaves: the blocks it stored stay, unpinned."""
+    progress.refresh()
+    stored = progress.done + progress.held
+    if not stored:
+        return "interrupted: nothing was fetched yet"
+    return (
+        f"interrupted: {human(stored)} already fetched stay in the repo (not pinned) and a later get"
+        " resumes from them"
+    )

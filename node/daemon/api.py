@@ -22,6 +22,16 @@ A connection goes through two phases, so that idle connections cannot starve the
 The routes themselves are plain async functions of the decoded JSON body, listed in
 ``node/daemon/control.py``; they raise :class:`node.errors.NodeError` (or a protocol error) for a
 refusal, which becomes ``{"error": "..."}`` with a status that fits.
+
+**Long requests** (an add, a fetch: :class:`Streaming` routes) are bound to their connection: a
+:class:`Channel` watches the socket while the route runs, and when the client goes away (end of file, a
+failed or stalled write) it calls what the route bound to it (the transfer's cancel,
+``node/daemon/transfers.py``). A client must therefore keep its side open while it waits. A client that
+asks for ``Accept: application/x-ndjson`` gets the answer as a stream of JSON lines (chunked): the
+route's events as it emits them (``{"event": "started", ...}``, ``{"event": "progress", ...}``), then one
+last line, ``{"event": "done", ...the answer...}`` or ``{"event": "error", "error": "one line",
+"status": N}``. A route that fails before its first event, or any request without that header, gets the
+ordinary JSON answer with its status.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -41,6 +51,7 @@ import h11
 import trio
 
 from node.daemon.api_json import parse_object
+from node.daemon.api_stream import NDJSON, RECEIVE_SIZE, WRITE_TIMEOUT, Channel, Handler, Streaming
 from node.daemon.errors import ApiError, DaemonError
 from node.errors import NodeError
 from node.net.errors import NetworkError
@@ -58,12 +69,9 @@ MAX_REQUESTS = 32  # authorised requests served at once
 MAX_WAITING = 64  # connections that have not yet sent a request head; the oldest is evicted beyond
 HEAD_TIMEOUT = 5.0  # seconds from accept to a complete request head
 READ_TIMEOUT = 10.0  # seconds from the head to the end of the body
-WRITE_TIMEOUT = 10.0
-RECEIVE_SIZE = 16 * 1024
 BACKLOG = 1024  # connections the kernel queues for accept (capped by net.core.somaxconn)
 
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-Routes = Mapping[tuple[str, str], Handler]  # (method, path) -> handler
+Routes = Mapping[tuple[str, str], Handler | Streaming]  # (method, path) -> handler
 
 
 def _remove(path: Path) -> None:
@@ -197,8 +205,32 @@ class _Server:
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             return  # the client went away
         else:
+            route = self.routes.get(_route_key(request))
+            if isinstance(route, Streaming):
+                await self._stream(conn, stream, request, body, route)
+                return
             status, payload = await self._dispatch(request, body)
         await self._respond(conn, stream, status, payload, request)
+
+    async def _stream(
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        request: h11.Request,
+        body: bytes,
+        route: Streaming,
+    ) -> None:
+        """Run a long route while its channel watches the connection; end with its answer."""
+        accept = dict(request.headers).get(b"accept", b"")
+        channel = Channel(conn, stream, NDJSON.encode("ascii") in accept)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(channel.watch)
+            status, payload = await self._dispatch(request, body, channel)
+            nursery.cancel_scope.cancel()
+        if channel.sent_head:
+            await channel.finish(status, payload)
+        elif not channel.gone:
+            await self._respond(conn, stream, status, payload, request)
 
     async def _receive(self, conn: h11.Connection, stream: trio.SocketStream) -> Any:
         while True:
@@ -230,9 +262,10 @@ class _Server:
             elif isinstance(event, h11.ConnectionClosed):
                 raise trio.BrokenResourceError
 
-    async def _dispatch(self, request: h11.Request, body: bytes) -> tuple[int, Any]:
-        method = request.method.decode("ascii", "replace")
-        path = request.target.decode("ascii", "replace").partition("?")[0]
+    async def _dispatch(
+        self, request: h11.Request, body: bytes, channel: Channel | None = None
+    ) -> tuple[int, Any]:
+        method, path = _route_key(request)
         handler = self.routes.get((method, path))
         if handler is None:
             if any(p == path for _, p in self.routes):
@@ -243,6 +276,9 @@ class _Server:
         except ApiError as exc:
             return exc.status, {"error": str(exc)}
         try:
+            if isinstance(handler, Streaming):
+                assert channel is not None  # _serve_request gives a streaming route its channel
+                return 200, await handler.handler(args, channel)
             return 200, await handler(args)
         except (NodeError, ProtocolError) as exc:
             return _status_of(exc), {"error": str(exc)}
@@ -281,6 +317,13 @@ class _Server:
                 await stream.send_all(conn.send(h11.EndOfMessage()))
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                 pass
+
+
+def _route_key(request: h11.Request) -> tuple[str, str]:
+    """A request's (method, path), the query left out."""
+    return request.method.decode("ascii", "replace"), request.target.decode("ascii", "replace").partition(
+        "?"
+    )[0]
 
 
 def _status_of(exc: Exception) -> int:

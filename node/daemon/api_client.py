@@ -7,21 +7,31 @@ A connection the daemon closes without any answer was evicted before its request
 of idle connections, see ``node/daemon/api.py``): the request is sent again, ``ATTEMPTS`` times in all. The
 daemon answers every request it has read, so nothing runs twice (the socket of a daemon that died
 mid-request refuses the next attempt: no daemon).
+
+``ApiClient.stream`` sends a long request (an add, a fetch) asking for its answer as events (NDJSON,
+``node/daemon/transfers.py``) and yields them as they come; leaving its ``with`` block (the last event,
+an error, Ctrl-C) closes the connection at once, which tells the daemon to stop that transfer.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.daemon.api_files import socket_path, token_path
 from node.daemon.errors import ApiError, DaemonError
 
+if TYPE_CHECKING:
+    import httpx
+
 CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 60.0
 ATTEMPTS = 3  # sends of a request the daemon closed without answering
+NDJSON = "application/x-ndjson"  # the events of a long request (one JSON object a line)
 
 
 class NoDaemon(DaemonError):
@@ -52,10 +62,36 @@ class ApiClient:
         token: str | None = None,
     ) -> Any:
         """Send one request; return the decoded JSON answer. ``timeout=None`` waits as long as it takes."""
-        if self.socket is None or not os.path.exists(self.socket):
-            raise NoDaemon(f"no daemon runs on {self.repo_path} (start one with 'sealbox daemon')")
         import httpx  # here, not at the top: commands that find no daemon never pay for it
 
+        content, headers = self._parts(body, token)
+        limits = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
+        with self._client(limits) as client:
+            response = self._send(
+                client, client.build_request(method, path, content=content, headers=headers)
+            )
+        return _decoded(response)
+
+    @contextmanager
+    def stream(self, method: str, path: str, body: dict[str, Any]) -> Iterator[Iterator[dict[str, Any]]]:
+        """Send a long request; yield an iterator of its events (dicts with an ``event`` key), the last
+        ``done`` or ``error``. An answer that is not a stream (a refusal) comes as one such event."""
+        import httpx
+
+        content, headers = self._parts(body, None)
+        headers["accept"] = NDJSON
+        with self._client(httpx.Timeout(None, connect=CONNECT_TIMEOUT)) as client:
+            request = client.build_request(method, path, content=content, headers=headers)
+            response = self._send(client, request, stream=True)
+            try:
+                yield _events(response)
+            except (httpx.TransportError, httpx.StreamError) as exc:
+                raise ApiError(f"lost the connection to the daemon: {exc}", 502) from None
+            finally:
+                response.close()
+
+    def _parts(self, body: dict[str, Any] | None, token: str | None) -> tuple[bytes | None, dict[str, str]]:
+        """A request's encoded body and headers."""
         try:  # encoded here, once: httpx's own encoding would raise this untrapped
             content = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
@@ -65,13 +101,23 @@ class ApiClient:
         headers = {"authorization": f"Bearer {self._token() if token is None else token}"}
         if content is not None:
             headers["content-type"] = "application/json"
+        return content, headers
+
+    def _client(self, timeout: httpx.Timeout) -> httpx.Client:
+        if self.socket is None or not os.path.exists(self.socket):
+            raise NoDaemon(f"no daemon runs on {self.repo_path} (start one with 'sealbox daemon')")
+        import httpx
+
         transport = httpx.HTTPTransport(uds=os.fspath(self.socket))
-        limits = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
+        return httpx.Client(transport=transport, base_url="http://sealbox", timeout=timeout)
+
+    def _send(self, client: httpx.Client, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        """Send ``request`` (again, up to ``ATTEMPTS`` times, when closed unanswered); the response."""
+        import httpx
+
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                with httpx.Client(transport=transport, base_url="http://sealbox", timeout=limits) as client:
-                    response = client.request(method, path, content=content, headers=headers)
-                break
+                return client.send(request, stream=stream)
             except httpx.ConnectError:
                 raise NoDaemon(
                     f"no daemon runs on {self.repo_path} (start one with 'sealbox daemon')"
@@ -85,17 +131,37 @@ class ApiClient:
                     raise ApiError(f"lost the connection to the daemon: {exc}", 502) from None
             except httpx.TransportError as exc:
                 raise ApiError(f"lost the connection to the daemon: {exc}", 502) from None
-        else:
-            raise AssertionError("unreachable")
+        raise AssertionError("unreachable")
+
+
+def _events(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """The events of a long request's answer; a plain JSON answer becomes one ``done`` or ``error``."""
+    if not response.headers.get("content-type", "").startswith(NDJSON):
+        response.read()
         try:
-            data = response.json()
+            yield {"event": "done"} | _decoded(response)
+        except ApiError as exc:
+            yield {"event": "error", "error": str(exc), "status": exc.status}
+        return
+    for line in response.iter_lines():
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
         except ValueError:
-            raise ApiError(
-                f"the daemon sent an answer that is not JSON ({response.status_code})", 502
-            ) from None
-        if response.status_code != 200:
-            message = data.get("error") if isinstance(data, dict) else None
-            raise ApiError(
-                str(message or f"the daemon refused ({response.status_code})"), response.status_code
-            )
-        return data
+            raise ApiError("the daemon sent an event that is not JSON", 502) from None
+        if not isinstance(event, dict):
+            raise ApiError("the daemon sent an event that is not a JSON object", 502)
+        yield event
+
+
+def _decoded(response: httpx.Response) -> Any:
+    """A plain answer's JSON, or the ApiError it is."""
+    try:
+        data = response.json()
+    except ValueError:
+        raise ApiError(f"the daemon sent an answer that is not JSON ({response.status_code})", 502) from None
+    if response.status_code != 200:
+        message = data.get("error") if isinstance(data, dict) else None
+        raise ApiError(str(message or f"the daemon refused ({response.status_code})"), response.status_code)
+    return data

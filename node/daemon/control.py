@@ -3,30 +3,26 @@
 - ``GET /v1/status`` -> ``{peer_id, addrs, peers, blocks, stored_bytes, storage_limit, roots,
   roots_announced, last_reprovide, seed}``
 - ``GET /v1/peers`` -> ``{peers: [{peer_id, addrs}]}``
-- ``POST /v1/add {path, name?, with_size?, peer_hints?}`` -> what ``add --json`` prints, plus ``warnings``
 - ``GET /v1/ls`` -> ``{pins: [what ls --json prints for each pin], damaged: [one line per damaged pin]}``
 - ``POST /v1/rm {roots: [root CID text]}`` -> ``{unpinned: [root CID text]}``
-- ``POST /v1/fetch {link, seed?}`` -> ``{root, providers, rounds, blocks, bytes, pinned}``; with
-  ``seed: false`` the root is neither announced nor pinned (``get --no-seed``)
-- ``GET /v1/fetching`` -> ``{fetches: [{root, bytes}]}``: the fetches running now (``get``'s progress bar)
 - ``POST /v1/gc {}`` -> ``{blocks_removed, bytes_freed}``: gc in the daemon, where it is safe against the
   daemon's own fetches and serving (``Repo.gc``); ``sealbox gc`` comes here while a daemon runs
+- ``POST /v1/add``, ``POST /v1/fetch``, ``GET /v1/transfers``, ``POST /v1/transfers/cancel``, ``GET
+  /v1/fetching``: the transfers, in ``node/daemon/transfers.py`` (whose docstring lists them)
 
 Errors are ``{"error": "one line"}`` with 400 (bad request), 401 (token), 404 (not found / no such
-endpoint), 405, 408, 413, 502 (network), 503 (all request slots busy), 507 (storage full or over the
-limit). Bodies are decoded by ``node/daemon/api_json.py``: depth capped, repeated keys refused. Nothing here
-logs a link, a key, a path or a name: roots and counts only.
+endpoint), 405, 408, 409 (a cancelled transfer), 413, 502 (network), 503 (all request slots busy), 507
+(storage full or over the limit). Bodies are decoded by ``node/daemon/api_json.py``: depth capped,
+repeated keys refused. Nothing here logs a link, a key, a path or a name: roots and counts only.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import multiaddr
@@ -37,16 +33,15 @@ from libp2p.peer.peerstore import PeerStoreError
 from node.daemon.api import Routes
 from node.daemon.config import Config
 from node.daemon.errors import ApiError
-from node.daemon.views import add_json, iso_time, pin_json
-from node.files.add import add_path
-from node.net import netget
+from node.daemon.transfers import Transfers
+from node.daemon.views import iso_time, pin_json
 from node.net.dht import Dht
 from node.net.errors import NetworkError
-from node.net.exchange import BlockServer, FetchStats
+from node.net.exchange import BlockServer
 from node.net.host import listen_addrs
 from node.store.repo import Repo
 from protocol.cid import cid_from_text, cid_to_text
-from protocol.link import MAX_PEER_LEN, MAX_PEERS, parse_link
+from protocol.link import MAX_PEER_LEN, MAX_PEERS
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +81,16 @@ class Control:
         self.config = config
         self.state = state
         self.nursery = nursery
-        self.fetching: dict[bytes, list[int]] = {}  # root -> [bytes stored so far, fetches running]
+        self.transfers = Transfers(self)
 
     def routes(self) -> Routes:
         return {
             ("GET", "/v1/status"): self.status,
             ("GET", "/v1/peers"): self.peers,
-            ("POST", "/v1/add"): self.add,
             ("GET", "/v1/ls"): self.ls,
             ("POST", "/v1/rm"): self.rm,
-            ("POST", "/v1/fetch"): self.fetch,
-            ("GET", "/v1/fetching"): self.fetches,
             ("POST", "/v1/gc"): self.gc,
-        }
+        } | dict(self.transfers.routes())
 
     async def status(self, _args: dict[str, Any]) -> dict[str, Any]:
         blocks, stored = await trio.to_thread.run_sync(self.repo.blocks.stats)
@@ -140,26 +132,6 @@ class Control:
             out.append({"peer_id": peer_id, "addrs": addrs})
         return {"peers": sorted(out, key=lambda p: str(p["peer_id"]))}
 
-    async def add(self, args: dict[str, Any]) -> dict[str, Any]:
-        path = _text(args, "path")
-        if not Path(path).is_absolute():
-            raise ApiError("path must be absolute (the daemon does not share the client's directory)")
-        name = _text(args, "name", optional=True)
-        with_size = _flag(args, "with_size")
-        hints = self.peer_hints() if _flag(args, "peer_hints") else ()
-        await self._check_room()
-        warnings: list[str] = []
-        result = await trio.to_thread.run_sync(
-            partial(
-                add_path, self.repo, Path(path), display_name=name, with_size=with_size, warn=warnings.append
-            )
-        )
-        link = dataclasses.replace(result.link, peers=hints) if hints else result.link
-        log.info("added root %s (%d new blocks)", cid_to_text(result.pin.root), result.new_blocks)
-        if self.config.seed:
-            self.nursery.start_soon(self._announce, result.pin.root)
-        return add_json(result, str(link)) | {"warnings": warnings}
-
     def peer_hints(self) -> tuple[str, ...]:
         """This node's listen addresses others could dial (not 0.0.0.0 or ::), for a link's ``pe=``."""
         hints = []
@@ -177,7 +149,7 @@ class Control:
             raise ApiError("this node listens on no address a peer could dial: set listen addresses")
         return tuple(hints[:MAX_PEERS])
 
-    async def _announce(self, root: bytes) -> None:
+    async def announce(self, root: bytes) -> None:
         try:
             sent = await self.dht.provide(root)
         except NetworkError as exc:
@@ -186,7 +158,7 @@ class Control:
         self.state.on_announced(root, sent)
         log.info("announced root %s to %s", cid_to_text(root), "the DHT" if sent else "no DHT peer yet")
 
-    async def _check_room(self) -> None:
+    async def check_room(self) -> None:
         limit = self.config.storage_limit
         if limit is None:
             return
@@ -218,74 +190,9 @@ class Control:
         log.info("unpinned %d root(s)", len(removed))
         return {"unpinned": removed}
 
-    async def fetch(self, args: dict[str, Any]) -> dict[str, Any]:
-        link = parse_link(_text(args, "link"))
-        wanted = args.get("seed", True)
-        if not isinstance(wanted, bool):
-            raise ApiError("seed must be true or false")
-        seed = self.config.seed and wanted
-        await self._check_room()
-        progress = self.fetching.setdefault(link.root, [0, 0])
-        progress[1] += 1
-
-        def stored(size: int) -> None:
-            progress[0] += size
-
-        try:
-            report = await netget.fetch_link(
-                self.host, self.dht, self.repo, link, announce=seed, pin=wanted, on_bytes=stored
-            )
-        finally:
-            progress[1] -= 1
-            if not progress[1]:
-                del self.fetching[link.root]
-        if seed and report.pinned:
-            self.nursery.start_soon(self._announce, link.root)  # fetch_link announced it at the start
-        stats = report.stats or FetchStats()  # none when every block was held already
-        log.info(
-            "fetched root %s from %d provider(s): %d blocks, %d not-found answers, %d haves",
-            cid_to_text(link.root),
-            report.providers,
-            stats.blocks,
-            stats.not_found,
-            stats.haves,
-        )
-        return {
-            "root": cid_to_text(report.root),
-            "providers": report.providers,
-            "rounds": report.rounds,
-            "blocks": stats.blocks,
-            "bytes": stats.bytes,
-            "pinned": report.pinned,
-        }
-
     async def gc(self, _args: dict[str, Any]) -> dict[str, Any]:
         """Collect garbage in a worker thread: it waits for adds and pins to end (the repo lock), never
         for fetches, which their leases and pack locks protect."""
         removed, freed = await trio.to_thread.run_sync(self.repo.gc)
         log.info("gc: removed %d unpinned blocks, freed %d bytes", removed, freed)
         return {"blocks_removed": removed, "bytes_freed": freed}
-
-    async def fetches(self, _args: dict[str, Any]) -> dict[str, Any]:
-        """The fetches running now: each root and the bytes stored for it so far (for progress bars)."""
-        return {
-            "fetches": [
-                {"root": cid_to_text(root), "bytes": done} for root, (done, _) in self.fetching.items()
-            ]
-        }
-
-
-def _text(args: dict[str, Any], name: str, *, optional: bool = False) -> Any:
-    value = args.get(name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ApiError(f"{name} must be a non-empty string")
-    return value
-
-
-def _flag(args: dict[str, Any], name: str) -> bool:
-    value = args.get(name, False)
-    if not isinstance(value, bool):
-        raise ApiError(f"{name} must be true or false")
-    return value

@@ -23,18 +23,26 @@ Who writes what:
   found so far, reachable or not).
 - ``started``, ``phase_since``: :func:`time.monotonic` values, for the elapsed time and the running
   clock while it looks for providers.
+
+:func:`view` is what a reader shows of it, the same for the CLI's own fetch and the daemon's progress
+events (``node/daemon/transfers.py``), so one function draws both (``node/cli/output.py``). The speed
+there is a moving average (:class:`Speed`).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from node.store.tree_walk import Frontier
 from protocol.manifest import chunk_count
 from protocol.seal import TAG_LEN
 
 PHASES = ("starting", "looking", "fetching", "pinning", "done")
+SPEED_WINDOW = 3.0  # seconds: the time constant of a speed's moving average
+MIN_SAMPLE = 0.2  # seconds between two samples of a speed
 
 
 @dataclass
@@ -85,3 +93,45 @@ class FetchProgress:
     def waited(self) -> float:
         """Seconds spent in the current phase (the running clock of "looking for providers")."""
         return time.monotonic() - self.phase_since
+
+
+@dataclass
+class Speed:
+    """A byte rate as a moving average (exponential, over ``SPEED_WINDOW`` seconds), sampled whenever
+    someone asks (no timer of its own)."""
+
+    rate: float = 0.0
+    at: float | None = None
+    count: int = 0
+
+    def sample(self, count: int) -> float:
+        now = time.monotonic()
+        if self.at is None:
+            self.at, self.count = now, count
+            return self.rate
+        elapsed = now - self.at
+        if elapsed >= MIN_SAMPLE:
+            instant = max(0, count - self.count) / elapsed
+            self.rate += (1 - math.exp(-elapsed / SPEED_WINDOW)) * (instant - self.rate)
+            self.at, self.count = now, count
+        return self.rate
+
+
+def view(progress: FetchProgress, speed: Speed) -> dict[str, Any]:
+    """What is shown of ``progress`` now (bytes, bytes/s and seconds; None where unknown)."""
+    progress.refresh()
+    rate = speed.sample(progress.done)
+    left = None if progress.total is None else max(0, progress.total - progress.done - progress.held)
+    return {
+        "phase": progress.phase,
+        "done": progress.done,
+        "held": progress.held,
+        "total": progress.total,
+        "size": progress.size,
+        "peers": progress.peers,
+        "providers_known": progress.providers_known,
+        "speed": round(rate),
+        "eta": None if left is None or rate <= 0 else round(left / rate, 1),
+        "elapsed": round(progress.elapsed(), 1),
+        "waited": round(progress.waited(), 1),
+    }
