@@ -134,7 +134,7 @@ class Transfers:
             nursery.start_soon(_report, transfer, channel)
             try:
                 result = await self.registry.run(transfer, work)
-            except Exception as exc:  # raised below, once the nursery has closed (no exception group)
+            except Exception as exc:  # noqa: BLE001  (raised below, once the nursery has closed: no group)
                 failure = exc
             nursery.cancel_scope.cancel()
         if failure is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -63,11 +64,26 @@ def _wait_none_running(repo: Path) -> None:
             pytest.fail(f"transfers still listed after {WAIT} s: {_transfers(repo)}")
 
 
-def _interrupt(proc: Any, leader: int) -> tuple[int, str, str]:
+def _drawn_until(leader: int, pattern: str) -> bytes:
+    """What the CLI draws on its terminal until it has drawn ``pattern`` (within ``WAIT`` seconds)."""
+    drawn = b""
+    deadline = time.monotonic() + WAIT
+    while not re.search(pattern.encode(), drawn):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([leader], [], [], left)[0]:
+            pytest.fail(f"the CLI drew no {pattern!r} within {WAIT} s: {drawn[-400:]!r}")
+        try:
+            drawn += os.read(leader, 4096)
+        except OSError:  # EIO: the CLI closed its terminal (it ended)
+            pytest.fail(f"the CLI ended before drawing {pattern!r}: {drawn[-400:]!r}")
+    return drawn
+
+
+def _interrupt(proc: Any, leader: int, drawn: bytes = b"") -> tuple[int, str, str]:
     """Ctrl-C (SIGINT, as the terminal sends it) to a CLI started on a pty; its code, stdout, drawing."""
     proc.send_signal(signal.SIGINT)
     try:
-        drawn = drain_pty(leader)
+        drawn += drain_pty(leader)
         out, _ = proc.communicate(timeout=WAIT)
     finally:
         os.close(leader)
@@ -94,9 +110,10 @@ def test_ctrl_c_during_a_get_through_the_daemon_stops_the_fetch_and_says_what_st
 
     out = tmp_path / "copy.bin"
     proc, leader = start_on_pty([SEALBOX, "--repo", str(second), "get", link, "-o", str(out)], _env(tmp_path))
+    shown = _drawn_until(leader, r"fetching: +\d+% [\d.]+ MB / 30\d\.\d MB")  # a total once the root is open
     running = _wait_for_transfer(second, "fetch", moving=True)
-    assert running["total"] and running["total"] >= big.stat().st_size  # known once the root is open
-    code, printed, drawn = _interrupt(proc, leader)
+    assert running["total"] and running["total"] >= big.stat().st_size
+    code, printed, drawn = _interrupt(proc, leader, shown)
     assert code == 130 and printed == ""
     line = re.search(r"sealbox: error: (interrupted: .*)", drawn)
     assert line, drawn[-400:]
@@ -104,7 +121,6 @@ def test_ctrl_c_during_a_get_through_the_daemon_stops_the_fetch_and_says_what_st
     assert re.search(r"[\d.]+ [kMG]?B already fetched stay in the repo and a later get resumes", line[1]), (
         line[1]
     )
-    assert re.search(r"fetching: +\d+% [\d.]+ MB / 30\d\.\d MB", drawn), drawn[-400:]
 
     # the daemon stopped: nothing runs, nothing is pinned, and what it stored stops growing
     _wait_none_running(second)
