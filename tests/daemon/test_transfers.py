@@ -139,6 +139,28 @@ def test_ctrl_c_during_a_get_through_the_daemon_stops_the_fetch_and_says_what_st
     assert out.stat().st_size == big.stat().st_size
 
 
+def test_ctrl_c_during_a_get_without_a_daemon_says_what_stays(
+    tmp_path: Path, run_cli: RunCli, daemons: Callable[..., Daemon]
+) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        for _ in range(300):
+            f.write(os.urandom(MB))
+    daemons(first).wait_ready()
+    link = ok(run_cli("--repo", first, "add", big, "--peer-hints")).strip()
+    proc, leader = start_on_pty(
+        [SEALBOX, "--repo", str(second), "get", link, "-o", str(tmp_path / "x")], _env(tmp_path)
+    )
+    shown = _drawn_until(leader, r"fetching: +\d+% [\d.]+ MB / 30\d\.\d MB")
+    code, printed, drawn = _interrupt(proc, leader, shown)
+    assert code == 130 and printed == ""
+    assert re.search(r"interrupted: [\d.]+ [kMG]?B already fetched stay in the repo \(not pinned\)", drawn), (
+        drawn[-300:]
+    )
+    assert json.loads(ok(run_cli("--repo", second, "ls", "--json"))) == []
+
+
 def _run_pty(args: list[str], tmp_path: Path) -> tuple[int, str, str]:
     proc, leader = start_on_pty(args, _env(tmp_path))
     try:
@@ -158,9 +180,10 @@ def test_ctrl_c_during_an_add_through_the_daemon_pins_nothing_and_prints_no_link
     with big.open("wb") as f:
         f.truncate(4000 * MB)  # zeros the add reads and seals for long enough to interrupt
     proc, leader = start_on_pty([SEALBOX, "--repo", str(repo), "add", str(big)], _env(tmp_path))
+    shown = _drawn_until(leader, r"sealing: +\d+%")  # the daemon's add draws a bar
     running = _wait_for_transfer(repo, "add", moving=True)
     assert running["total"] == big.stat().st_size and running["name"] == "sparse.bin"
-    code, printed, drawn = _interrupt(proc, leader)
+    code, printed, drawn = _interrupt(proc, leader, shown)
     assert code == 130 and printed == ""  # no link
     assert "interrupted: the daemon stopped the add; nothing was pinned and no link was made" in drawn
     _wait_none_running(repo)
@@ -197,6 +220,13 @@ def test_transfers_are_listed_cancelled_and_detached(
         assert link.split("#")[-1] not in table + json.dumps(listed)  # no key
         cancelled = json.loads(ok(run_cli("--repo", second, "transfers", "cancel", tid[1], "--json")))
         assert cancelled["id"] == tid[1] and cancelled["state"] == "cancelled" and not cancelled["pinned"]
+        # a get that waits says so with a running clock (not a frozen bar); Ctrl-C: nothing was fetched
+        args = [SEALBOX, "--repo", str(second), "get", link, "-o", str(tmp_path / "never.bin")]
+        proc, leader = start_on_pty(args, _env(tmp_path))
+        shown = _drawn_until(leader, r"looking for providers… 0:0[1-9]")
+        code, printed, drawn = _interrupt(proc, leader, shown)
+        assert code == 130 and printed == "", printed
+        assert "the daemon stopped the fetch; nothing was fetched yet" in drawn, drawn[-300:]
     finally:
         a.proc.send_signal(signal.SIGCONT)
     assert ok(run_cli("--repo", second, "transfers")).strip() == "no transfers running"
