@@ -9,8 +9,9 @@ pins nothing, so gc frees what it wrote. :class:`Registry` lists the transfers r
 /v1/transfers``) and remembers how the last ``KEPT_ENDED`` ended, so that a client that cancelled one
 learns truthfully whether it stopped or had finished already.
 
-The speed is a moving average (``node/net/progress.py``'s ``Speed``), sampled whenever someone asks (a
-progress event, a listing); the ETA divides what is left by it. What the block server is sending is one
+The speed is a moving average (``node/net/progress.py``'s ``Speed``), sampled twice a second by
+:meth:`Registry.sample_forever` and whenever someone asks (a progress event, a listing); the ETA divides
+what is left by it. What the block server is sending is one
 "serving" row, from its counters. The routes that start and list transfers are in
 ``node/daemon/transfers.py``.
 """
@@ -116,6 +117,15 @@ class Registry:
         self.running: dict[str, Transfer] = {}
         self.ended: OrderedDict[str, Transfer] = OrderedDict()
         self.serving = Speed()
+
+    async def sample_forever(self, every: float = 0.5) -> None:
+        """Sample every speed twice a second, so that a listing asked once (``sealbox transfers``) shows
+        a rate already (a refresh rate, not a wait for an event)."""
+        while True:
+            for transfer in list(self.running.values()):
+                transfer.speed.sample(transfer.progress.done)
+            self.serving.sample(self.server.served_bytes)
+            await trio.sleep(every)
 
     def new(self, kind: str, *, name: str | None = None, root: bytes | None = None) -> Transfer:
         """A transfer, listed at once (before its work starts)."""

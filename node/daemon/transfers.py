@@ -18,7 +18,8 @@
 An add or a fetch is bound to its request's connection: when the client goes away the transfer is
 cancelled at once (a fetch keeps the blocks it stored, unpinned and not announced; an add pins nothing).
 Asked with ``Accept: application/x-ndjson``, the answer is a stream of lines: ``{"event": "started",
-"id", "kind", "root"}``, then ``{"event": "progress", ...one transfers entry...}`` about
+"id", "kind", "root"}``, then ``{"event": "progress", ...one transfers entry...}`` (its ``phase``:
+"starting", "looking" for providers, "fetching", "pinning", or for an add "adding"; then "done") about
 ``1 / PROGRESS_EVERY`` times a second, then ``{"event": "done", ...the answer above...}`` or ``{"event":
 "error", "error": "one line", "status": N}`` (409 for a cancelled transfer). Nothing here logs a link,
 a key, a path or a name.
@@ -62,6 +63,7 @@ class Transfers:
     def __init__(self, control: Control) -> None:
         self.control = control
         self.registry = Registry(control.server)
+        control.nursery.start_soon(self.registry.sample_forever)
 
     def routes(self) -> Routes:
         return {
