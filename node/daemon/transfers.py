@@ -95,7 +95,7 @@ class Transfers:
                 transfer.check()
                 transfer.progress.add(n)
 
-            return add_path(
+            added = add_path(
                 control.repo,
                 path,
                 display_name=name,
@@ -103,9 +103,10 @@ class Transfers:
                 progress=advance,
                 warn=warnings.append,
             )
+            transfer.root, transfer.pinned = added.pin.root, True  # before a cancel can read the outcome
+            return added
 
         result = await self._bound(transfer, channel, partial(trio.to_thread.run_sync, work))
-        transfer.root, transfer.pinned = result.pin.root, True
         link = dataclasses.replace(result.link, peers=hints) if hints else result.link
         log.info("added root %s (%d new blocks)", cid_to_text(result.pin.root), result.new_blocks)
         if control.config.seed:
