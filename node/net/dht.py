@@ -182,7 +182,8 @@ class Dht:
         does not answer (gone, cut off) must not hold up a fetch that already has somewhere to start. A
         lookup that ends with nothing (its peers all failed or knew nothing: the table may be stale, a
         record may be on its way) is tried again, 0.5 s later and then at doubling intervals, until the
-        deadline. Returns what was found when the deadline strikes, possibly ``[]``; never raises for a miss.
+        deadline, unless no peer is connected any more (none is left to ask). Returns what was found
+        when the deadline strikes, possibly ``[]``; never raises for a miss.
         """
         if limit < 1:
             return []
@@ -193,6 +194,10 @@ class Dht:
             left = deadline - trio.current_time()
             if found or left <= 0:
                 return found[:limit]
+            if not self.host.get_connected_peers():
+                # every DHT peer this node knew failed (the swarm then refuses them for 60 s): another
+                # try would ask no one, so a fetch can say so now rather than at the deadline
+                return []
             await trio.sleep(min(pause, left))
             pause *= 2
 

@@ -33,7 +33,7 @@ from node.errors import NodeError
 from node.net.dht import FIND_TIMEOUT, Dht, open_dht
 from node.net.errors import NetworkError
 from node.net.exchange import FetchError, FetchStats, fetch_blocks
-from node.net.host import Peer, connect, new_identity, open_host
+from node.net.host import Peer, connect, new_identity, open_host, parse_peer_addr
 from node.store.errors import NotFoundError
 from node.store.lease import Lease
 from node.store.pin_tree import pin_fetched
@@ -149,8 +149,9 @@ async def _fetch_rounds(
             # fetch; once the fetch is over the caller announces the pinned root again (see control.py)
             nursery.start_soon(_announce_early, dht, link.root)
         try:
-            peers = await _providers(host, dht, link, find_timeout)
-            fetch = _Rounds(host, dht, repo, link, lease, frontier, peers, find_timeout, on_bytes)
+            search = _Search(host, dht, link, {}, find_timeout)
+            peers = await _providers(search, nursery)
+            fetch = _Rounds(host, dht, repo, link, lease, frontier, peers, search, on_bytes)
             stats = await fetch.run(missing, report)
             report.providers = max(report.providers, len(peers))  # those found during the fetch included
             if report.stats is None:
@@ -172,28 +173,92 @@ async def _announce_early(dht: Dht, root: bytes) -> None:
         log.info("announcing a root being fetched: %s", exc)
 
 
-async def _providers(host: IHost, dht: Dht | None, link: ShareLink, find_timeout: float) -> dict[str, None]:
-    """The providers to start with: the link's peer hints (dialed first), then the DHT's."""
-    peers: dict[str, None] = {}
-    for hint in link.peers:
+class _Search:
+    """Looking for a fetch's providers: the link's peer hints are dialed at once, in parallel with the DHT
+    lookup, and each provider the lookup names is dialed as soon as it is known. :attr:`ready` is set
+    when the first provider connects (the fetch starts from it: a hinted peer that serves the blocks
+    never waits for the lookup) or when every attempt is over; providers that connect later join the
+    running fetch (``_Rounds._more``). ``peers`` is the fetch's own dict of connected providers."""
+
+    def __init__(
+        self, host: IHost, dht: Dht | None, link: ShareLink, peers: dict[str, None], find_timeout: float
+    ) -> None:
+        self.host = host
+        self.dht = dht
+        self.link = link
+        self.peers = peers
+        self.find_timeout = find_timeout
+        self.named: set[str] = set()  # the providers the hints and the DHT named (providers_known)
+        self.ready = trio.Event()
+        self.over = trio.Event()
+        self.started = trio.current_time()
+        # a DHT lookup with no one to ask would only run out its deadline
+        self.lookup = dht is not None and (dht.routing_table_size() > 0 or bool(host.get_connected_peers()))
+
+    async def run(self) -> None:
         try:
-            peers[await connect(host, hint)] = None
+            async with trio.open_nursery() as nursery:
+                for hint in self.link.peers:
+                    nursery.start_soon(self._dial, hint, "peer hint")
+                if self.lookup:
+                    nursery.start_soon(self._look_up, nursery)
+        finally:
+            self.over.set()
+            self.ready.set()
+
+    async def _look_up(self, nursery: trio.Nursery) -> None:
+        assert self.dht is not None
+        for provider in await self.dht.find_providers(self.link.root, timeout=self.find_timeout):
+            if provider.peer_id not in self.peers:
+                nursery.start_soon(self._dial, provider, "provider")
+
+    async def _dial(self, target: str | Peer, what: str) -> None:
+        try:
+            self.named.add(target.peer_id if isinstance(target, Peer) else _peer_id(target))
+            peer = await connect(self.host, target)
         except NetworkError as exc:
-            log.info("peer hint unreachable: %s", exc)
-    if not peers and dht is not None and dht.routing_table_size() == 0 and not host.get_connected_peers():
-        # a DHT lookup would have no one to ask: say so now, not after its whole deadline
-        raise FetchError(
-            "this node is connected to no peer"
-            + (" (the link's peer hints did not answer)" if link.peers else " and the link has no peer hints")
-            + ": give it a bootstrap peer (--bootstrap MULTIADDR, or 'bootstrap' in the repo's config.toml)"
-        )
-    await _discover(host, dht, link, peers, find_timeout)
-    if not peers:
-        raise FetchError(
+            log.info("%s unreachable: %s", what, exc)
+            return
+        self.peers[peer] = None
+        self.ready.set()
+
+    def failure(self) -> FetchError:
+        """Why no provider could be reached: how many were known, and how long it looked."""
+        looked = f"looked for {trio.current_time() - self.started:.1f} s"
+        if self.dht is not None and not self.lookup:
+            # a DHT lookup would have had no one to ask: said at once, not after its whole deadline
+            return FetchError(
+                "this node is connected to no peer (the link's peer hints did not answer)"
+                ": give it a bootstrap peer (--bootstrap MULTIADDR, or 'bootstrap' in the repo's config.toml)"
+            )
+        if self.named:
+            return FetchError(f"{len(self.named)} provider(s) known, none reachable ({looked})")
+        if self.dht is not None and not self.host.get_connected_peers():
+            return FetchError(f"no providers found: none of this node's DHT peers answered ({looked})")
+        return FetchError(
             "no providers found: no reachable peer has announced this link,"
-            " and it carries no reachable peer address"
+            f" and it carries no reachable peer address ({looked})"
         )
-    return peers
+
+
+def _peer_id(addr: str) -> str:
+    """The peer id a full multiaddr names (raises NetworkError for anything else)."""
+    return parse_peer_addr(addr).peer_id.to_base58()
+
+
+async def _providers(search: _Search, nursery: trio.Nursery) -> dict[str, None]:
+    """Start ``search`` in ``nursery``; return the providers connected once the first one is (or raise,
+    saying why, once every hint and the lookup have failed)."""
+    if not search.link.peers and search.dht is not None and not search.lookup:
+        raise FetchError(
+            "this node is connected to no peer and the link has no peer hints"
+            ": give it a bootstrap peer (--bootstrap MULTIADDR, or 'bootstrap' in the repo's config.toml)"
+        )
+    nursery.start_soon(search.run)
+    await search.ready.wait()
+    if not search.peers:
+        raise search.failure()
+    return search.peers
 
 
 @dataclass
@@ -207,7 +272,7 @@ class _Rounds:
     lease: Lease
     frontier: Frontier
     peers: dict[str, None]
-    find_timeout: float
+    search: _Search
     on_bytes: Callable[[int], None] | None
 
     async def run(self, missing: list[bytes], report: FetchReport) -> FetchStats:
@@ -238,7 +303,7 @@ class _Rounds:
                 # retry once at once after a failure that came fast (a refused or broken stream).
                 missing = await trio.to_thread.run_sync(next_round, self.frontier, self.lease)
                 known = len(self.peers)
-                await _discover(self.host, self.dht, self.link, self.peers, self.find_timeout)
+                await self._look_again()
                 quick = quick_retry and trio.current_time() - started < QUICK_FAILURE
                 if self.frontier.held == held and len(self.peers) == known and not quick:
                     raise
@@ -253,8 +318,18 @@ class _Rounds:
         return total
 
     async def _more(self) -> list[str]:
-        await _discover(self.host, self.dht, self.link, self.peers, self.find_timeout)
+        """For the running fetch: the providers connected by now (the first search may still run),
+        else those a new lookup finds."""
+        if self.search.over.is_set():
+            await _discover(self.host, self.dht, self.link, self.peers, self.search.find_timeout)
         return list(self.peers)
+
+    async def _look_again(self) -> None:
+        """After a failed round: the first search's outcome, and a new lookup if it named no one new."""
+        known = len(self.peers)
+        await self.search.over.wait()
+        if len(self.peers) == known:
+            await _discover(self.host, self.dht, self.link, self.peers, self.search.find_timeout)
 
 
 async def _discover(
