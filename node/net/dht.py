@@ -96,6 +96,7 @@ FIND_GRACE = 2.0  # seconds a lookup goes on for more providers once it knows on
 FIND_RETRY_FIRST = 0.5  # seconds before a lookup that found nothing is tried again (then doubling)
 # a DHT server (py-libp2p 0.8.1) takes at most 10 ADD_PROVIDER per 10 s from one peer and drops the rest
 PROVIDE_SPACING = 1.1
+REPROVIDE_RETRY_FIRST = 60.0  # seconds before a round that left a record with no DHT peer is tried again
 assert REPROVIDE_INTERVAL * 3 < RECORD_LIFETIME
 
 
@@ -252,31 +253,45 @@ async def serve_reprovider(
     interval: float = REPROVIDE_INTERVAL,
     *,
     announced: Callable[[bytes, bool], None] | None = None,
+    retry: float = REPROVIDE_RETRY_FIRST,
     task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Announce every root in ``roots()`` now and then every ``interval`` seconds, one at a time.
 
-    ``roots`` is called afresh each round, so roots added or removed in between are followed.
-    ``announced(root, sent)`` is called after each announcement (for logs and tests).
+    ``roots`` is called afresh each round, so roots added or removed in between are followed. A round in
+    which no DHT peer took some record (the node is cut off, or has not joined yet) is followed by
+    another one ``retry`` seconds later, doubling up to ``interval``, not ``interval`` later: a record
+    nobody holds would otherwise be missing for 12 h. ``announced(root, sent)`` is called after each
+    announcement (for logs and tests). One log line per round says what the round did.
     """
     if not 0 < interval < RECORD_LIFETIME:
         raise ValueError("the reprovide interval must be positive and shorter than a record's lifetime")
     task_status.started()
+    pause = retry
     while True:
-        count = 0
+        sent_count, total = 0, 0
         for root in list(roots()):
             try:
                 sent = await dht.provide(root)
             except NetworkError as exc:
                 log.warning("reprovide: %s", exc)
                 sent = False
-            if not sent:
-                log.info("reprovide: no DHT peer took the record for a root; retrying next round")
             if announced is not None:
                 announced(root, sent)
-            count += 1
-        log.info("reprovide: announced %d root(s); next round in %.0f s", count, interval)
-        await trio.sleep(interval)
+            sent_count += sent
+            total += 1
+        if sent_count == total:
+            wait = interval
+            pause = retry
+            what = f"announced {total} root(s)" if total else "no pinned root to announce"
+        else:
+            wait = min(pause, interval)
+            pause = min(pause * 2, interval)
+            what = (
+                f"announced {sent_count} of {total} root(s); no DHT peer took the other {total - sent_count}"
+            )
+        log.info("reprovide: %s; next round in %.0f s", what, wait)
+        await trio.sleep(wait)
 
 
 def _distinct(infos: Iterable[PeerInfo], host: IHost) -> list[Peer]:
