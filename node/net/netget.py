@@ -33,7 +33,9 @@ from node.errors import NodeError
 from node.net.dht import FIND_TIMEOUT, Dht, open_dht
 from node.net.errors import NetworkError
 from node.net.exchange import FetchError, FetchStats, fetch_blocks
-from node.net.host import Peer, connect, new_identity, open_host, parse_peer_addr
+from node.net.host import new_identity, open_host
+from node.net.progress import FetchProgress
+from node.net.provider_search import ProviderSearch
 from node.store.errors import NotFoundError
 from node.store.lease import Lease
 from node.store.pin_tree import pin_fetched
@@ -76,18 +78,39 @@ async def fetch_link(
     pin: bool = True,
     find_timeout: float = FIND_TIMEOUT,
     on_bytes: Callable[[int], None] | None = None,
+    progress: FetchProgress | None = None,
 ) -> FetchReport:
     """Make every block of ``link``'s tree present in ``repo`` and, with ``pin``, pin it.
 
     ``on_bytes(n)``, if given, is called as each block of ``n`` bytes is stored (for a progress bar).
 
-    Providers come from the link's peer hints (dialed first) and the DHT. With ``announce``, the node
+    Providers come from the link's peer hints and the DHT at once (node/net/provider_search.py: the fetch
+    starts from the first that connects; later ones join it). With ``announce``, the node
     announces the root in the background as soon as it starts (it serves what it holds while
     fetching, like a BitTorrent peer). Without ``pin`` the blocks stay unpinned: gc may remove them
-    and the reprovider does not announce them (``get --no-seed``).
+    and the reprovider does not announce them (``get --no-seed``). ``progress``, if given, is filled in
+    as the fetch goes (node/net/progress.py says who writes which field).
     """
+    if progress is not None:
+        on_bytes = _counting(progress, on_bytes)
     with repo.lease() as lease:
-        return await _fetch_leased(host, dht, repo, link, lease, announce, pin, find_timeout, on_bytes)
+        report = await _fetch_leased(
+            host, dht, repo, link, lease, announce, pin, find_timeout, on_bytes, progress
+        )
+    if progress is not None:
+        progress.enter("done")
+    return report
+
+
+def _counting(progress: FetchProgress, on_bytes: Callable[[int], None] | None) -> Callable[[int], None]:
+    """``on_bytes`` that also adds the bytes to ``progress``."""
+
+    def counted(n: int) -> None:
+        progress.add(n)
+        if on_bytes is not None:
+            on_bytes(n)
+
+    return counted
 
 
 async def _fetch_leased(
@@ -100,20 +123,27 @@ async def _fetch_leased(
     pin: bool,
     find_timeout: float,
     on_bytes: Callable[[int], None] | None,
+    progress: FetchProgress | None = None,
 ) -> FetchReport:
     # The walk leases each block it finds held as it finds it, but a gc that read the leases just
     # before may still delete one in between. The pin reads every block back and says so
     # (NotFoundError): then one more walk, with a lease that by now holds everything else, fetches it.
-    rounds = functools.partial(_fetch_rounds, host, dht, repo, link, lease, find_timeout, on_bytes)
+    rounds = functools.partial(_fetch_rounds, host, dht, repo, link, lease, find_timeout, on_bytes, progress)
     report = FetchReport(link.root, 0)
     second = False
     while True:
         frontier = Frontier(repo.blocks, link, lease.add)
+        if progress is not None:
+            progress.walk = frontier
         missing = await trio.to_thread.run_sync(next_round, frontier, lease)
         if missing:
+            if progress is not None and progress.phase == "starting":
+                progress.enter("looking")
             await rounds(frontier, missing, report, announce=announce and not second)
         if not pin:
             return report
+        if progress is not None:
+            progress.enter("pinning")
         try:
             await trio.to_thread.run_sync(pin_fetched, repo, link)
         except NotFoundError:
@@ -134,6 +164,7 @@ async def _fetch_rounds(
     lease: Lease,
     find_timeout: float,
     on_bytes: Callable[[int], None] | None,
+    progress: FetchProgress | None,
     frontier: Frontier,
     missing: list[bytes],
     report: FetchReport,
@@ -149,8 +180,8 @@ async def _fetch_rounds(
             # fetch; once the fetch is over the caller announces the pinned root again (see control.py)
             nursery.start_soon(_announce_early, dht, link.root)
         try:
-            search = _Search(host, dht, link, {}, find_timeout)
-            peers = await _providers(search, nursery)
+            search = ProviderSearch(host, dht, link, {}, find_timeout, progress)
+            peers = await search.first(nursery)
             fetch = _Rounds(host, dht, repo, link, lease, frontier, peers, search, on_bytes)
             stats = await fetch.run(missing, report)
             report.providers = max(report.providers, len(peers))  # those found during the fetch included
@@ -173,94 +204,6 @@ async def _announce_early(dht: Dht, root: bytes) -> None:
         log.info("announcing a root being fetched: %s", exc)
 
 
-class _Search:
-    """Looking for a fetch's providers: the link's peer hints are dialed at once, in parallel with the DHT
-    lookup, and each provider the lookup names is dialed as soon as it is known. :attr:`ready` is set
-    when the first provider connects (the fetch starts from it: a hinted peer that serves the blocks
-    never waits for the lookup) or when every attempt is over; providers that connect later join the
-    running fetch (``_Rounds._more``). ``peers`` is the fetch's own dict of connected providers."""
-
-    def __init__(
-        self, host: IHost, dht: Dht | None, link: ShareLink, peers: dict[str, None], find_timeout: float
-    ) -> None:
-        self.host = host
-        self.dht = dht
-        self.link = link
-        self.peers = peers
-        self.find_timeout = find_timeout
-        self.named: set[str] = set()  # the providers the hints and the DHT named (providers_known)
-        self.ready = trio.Event()
-        self.over = trio.Event()
-        self.started = trio.current_time()
-        # a DHT lookup with no one to ask would only run out its deadline
-        self.lookup = dht is not None and (dht.routing_table_size() > 0 or bool(host.get_connected_peers()))
-
-    async def run(self) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                for hint in self.link.peers:
-                    nursery.start_soon(self._dial, hint, "peer hint")
-                if self.lookup:
-                    nursery.start_soon(self._look_up, nursery)
-        finally:
-            self.over.set()
-            self.ready.set()
-
-    async def _look_up(self, nursery: trio.Nursery) -> None:
-        assert self.dht is not None
-        for provider in await self.dht.find_providers(self.link.root, timeout=self.find_timeout):
-            if provider.peer_id not in self.peers:
-                nursery.start_soon(self._dial, provider, "provider")
-
-    async def _dial(self, target: str | Peer, what: str) -> None:
-        try:
-            self.named.add(target.peer_id if isinstance(target, Peer) else _peer_id(target))
-            peer = await connect(self.host, target)
-        except NetworkError as exc:
-            log.info("%s unreachable: %s", what, exc)
-            return
-        self.peers[peer] = None
-        self.ready.set()
-
-    def failure(self) -> FetchError:
-        """Why no provider could be reached: how many were known, and how long it looked."""
-        looked = f"looked for {trio.current_time() - self.started:.1f} s"
-        if self.dht is not None and not self.lookup:
-            # a DHT lookup would have had no one to ask: said at once, not after its whole deadline
-            return FetchError(
-                "this node is connected to no peer (the link's peer hints did not answer)"
-                ": give it a bootstrap peer (--bootstrap MULTIADDR, or 'bootstrap' in the repo's config.toml)"
-            )
-        if self.named:
-            return FetchError(f"{len(self.named)} provider(s) known, none reachable ({looked})")
-        if self.dht is not None and not self.host.get_connected_peers():
-            return FetchError(f"no providers found: none of this node's DHT peers answered ({looked})")
-        return FetchError(
-            "no providers found: no reachable peer has announced this link,"
-            f" and it carries no reachable peer address ({looked})"
-        )
-
-
-def _peer_id(addr: str) -> str:
-    """The peer id a full multiaddr names (raises NetworkError for anything else)."""
-    return parse_peer_addr(addr).peer_id.to_base58()
-
-
-async def _providers(search: _Search, nursery: trio.Nursery) -> dict[str, None]:
-    """Start ``search`` in ``nursery``; return the providers connected once the first one is (or raise,
-    saying why, once every hint and the lookup have failed)."""
-    if not search.link.peers and search.dht is not None and not search.lookup:
-        raise FetchError(
-            "this node is connected to no peer and the link has no peer hints"
-            ": give it a bootstrap peer (--bootstrap MULTIADDR, or 'bootstrap' in the repo's config.toml)"
-        )
-    nursery.start_soon(search.run)
-    await search.ready.wait()
-    if not search.peers:
-        raise search.failure()
-    return search.peers
-
-
 @dataclass
 class _Rounds:
     """A fetch's rounds: each fetches what the frontier lacks, until it lacks nothing."""
@@ -272,7 +215,7 @@ class _Rounds:
     lease: Lease
     frontier: Frontier
     peers: dict[str, None]
-    search: _Search
+    search: ProviderSearch
     on_bytes: Callable[[int], None] | None
 
     async def run(self, missing: list[bytes], report: FetchReport) -> FetchStats:
@@ -321,7 +264,7 @@ class _Rounds:
         """For the running fetch: the providers connected by now (the first search may still run),
         else those a new lookup finds."""
         if self.search.over.is_set():
-            await _discover(self.host, self.dht, self.link, self.peers, self.search.find_timeout)
+            await self.search.look_again()
         return list(self.peers)
 
     async def _look_again(self) -> None:
@@ -329,23 +272,7 @@ class _Rounds:
         known = len(self.peers)
         await self.search.over.wait()
         if len(self.peers) == known:
-            await _discover(self.host, self.dht, self.link, self.peers, self.search.find_timeout)
-
-
-async def _discover(
-    host: IHost, dht: Dht | None, link: ShareLink, peers: dict[str, None], find_timeout: float
-) -> None:
-    """Add the providers the DHT knows for ``link``'s root to ``peers`` (those that can be reached)."""
-    if dht is None:
-        return
-    found: list[Peer] = await dht.find_providers(link.root, timeout=find_timeout)
-    for provider in found:
-        if provider.peer_id in peers:
-            continue
-        try:
-            peers[await connect(host, provider)] = None
-        except NetworkError as exc:
-            log.info("provider unreachable: %s", exc)
+            await self.search.look_again()
 
 
 def get_from_network(
@@ -355,6 +282,7 @@ def get_from_network(
     bootstrap: Sequence[str] = (),
     pin: bool = True,
     on_bytes: Callable[[int], None] | None = None,
+    progress: FetchProgress | None = None,
 ) -> FetchReport:
     """Fetch ``link`` into ``repo`` with a temporary node (no daemon runs): a host on loopback with a
     fresh identity, the DHT bootstrapped from ``bootstrap``, the link's peer hints. It does not announce
@@ -371,6 +299,8 @@ def get_from_network(
                         " answered, and the link has no peer hints"
                     )
                 routing = None  # the link's peer hints alone
-            return await fetch_link(host, routing, repo, link, announce=False, pin=pin, on_bytes=on_bytes)
+            return await fetch_link(
+                host, routing, repo, link, announce=False, pin=pin, on_bytes=on_bytes, progress=progress
+            )
 
     return trio.run(run)

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from node.store.errors import NotFoundError
 from protocol.link import ShareLink
+from protocol.manifest import Node
 from protocol.walk import Ahead, Enter, Leaves, Need, TreeWalk
 
 Held = Callable[[list[bytes]], None]
@@ -27,7 +28,9 @@ class BlockSource(Protocol):
 
     def get(self, cid: bytes, *, verify: bool = ...) -> bytes: ...  # NotFoundError if absent
 
-    def locate(self, cids: Iterable[bytes]) -> Mapping[bytes, object]: ...
+    def locate(
+        self, cids: Iterable[bytes]
+    ) -> Mapping[bytes, tuple[int, int, int]]: ...  # (pack, offset, length)
 
     def read_back(self, cid: bytes) -> bytes: ...
 
@@ -58,6 +61,8 @@ class Frontier:
         self._asked: list[bytes] = []  # the last round's blocks: looked at again at the next
         self._queued: dict[bytes, None] = {}  # found missing, not asked for yet
         self.held = 0  # blocks found held so far (a round that raised it made progress)
+        self.held_bytes = 0  # their bytes (a fetch's progress: what was already there)
+        self.root: Node | None = None  # the root's node, once the walk has opened it (its size)
 
     @property
     def complete(self) -> bool:
@@ -74,6 +79,8 @@ class Frontier:
                 self._look(step.cids)
             elif isinstance(step, Ahead):
                 self._look((step.cid,))
+            elif isinstance(step, Enter) and step.info.depth == 0:
+                self.root = step.info.node
         asked = list(itertools.islice(queued, limit))
         for cid in asked:
             del queued[cid]
@@ -87,7 +94,7 @@ class Frontier:
             return
         where = self._store.locate(asked)
         held = [cid for cid in asked if cid in where]
-        self._found(held)
+        self._found(held, sum(where[cid][2] for cid in held))
         for cid in held:
             self._walk.resume(cid)
         self._queued.update((cid, None) for cid in asked if cid not in where)
@@ -99,17 +106,18 @@ class Frontier:
             self._walk.defer()
             self._queued[cid] = None
             return
-        self._found([cid])
+        self._found([cid], len(block))
         self._walk.give(block)
 
     def _look(self, cids: Sequence[bytes]) -> None:  # read thrice: a sequence, not an iterator
         where = self._store.locate(cids)
-        self._found([cid for cid in cids if cid in where])
+        self._found([cid for cid in cids if cid in where], sum(loc[2] for loc in where.values()))
         self._queued.update((cid, None) for cid in cids if cid not in where)
 
-    def _found(self, cids: list[bytes]) -> None:
+    def _found(self, cids: list[bytes], size: int) -> None:
         if cids:
             self.held += len(cids)
+            self.held_bytes += size
             self._on_held(cids)
 
 

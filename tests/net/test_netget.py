@@ -19,6 +19,7 @@ from node.net.dht import Dht, open_dht
 from node.net.exchange import BlockServer, FetchError
 from node.net.host import listen_addrs, new_identity, open_host
 from node.net.netget import fetch_link, get_from_network
+from node.net.progress import FetchProgress
 from node.store.repo import Repo
 from protocol.cid import cid_of
 from protocol.errors import ManifestError
@@ -256,8 +257,12 @@ async def test_a_hinted_peer_serves_the_fetch_without_waiting_for_the_dht_lookup
             added = add_path(holder, source).link
             link = ShareLink(added.root, added.key, peers=(addr,))
             fetcher = [await new_peer() for _ in range(2)][1]  # a DHT that knows nothing of the root
-            report = await fetch_link(fetcher.dht.host, fetcher.dht, fetcher.repo, link, find_timeout=600)
+            progress = FetchProgress()
+            report = await fetch_link(
+                fetcher.dht.host, fetcher.dht, fetcher.repo, link, find_timeout=600, progress=progress
+            )
             assert report.pinned and report.providers == 1
+            assert (progress.phase, progress.providers_known, progress.peers) == ("done", 1, 1)
             assert report.stats is not None and set(report.stats.received_from) == {addr.split("/")[-1]}
             assert get_link(fetcher.repo, link, tmp_path / "out").path.read_bytes() == source.read_bytes()
             nursery.cancel_scope.cancel()

@@ -1,0 +1,87 @@
+"""What a fetch in progress reports: one mutable record the fetch writes and a bar or the daemon reads.
+
+``node/net/netget.py``'s ``fetch_link(progress=...)`` fills a :class:`FetchProgress` as it goes; the
+CLI's bar (``node/cli/output.py``) reads it a few times a second (no daemon), and the daemon's transfer
+registry (``node/daemon/transfers.py``) turns it into the progress events of ``POST /v1/fetch``. The
+fields are plain ints and strings, each written by one side only, so a reader in another thread or task
+sees each one whole (at worst a moment late) without a lock.
+
+Who writes what:
+
+- ``phase``: netget (:meth:`FetchProgress.enter`): "starting" until the walk has looked at the repo,
+  "looking" while it waits for providers (the DHT, the peer hints), "fetching" while blocks arrive,
+  "pinning" while the pin reads the tree back, "done" at the end.
+- ``walk``: netget, the fetch's ``Frontier`` (node/store/tree_walk.py) as soon as it makes one.
+- ``size``, ``kind``, ``held``, ``total``: the reader, from the walk (:meth:`FetchProgress.refresh`, called
+  before it reads): ``size`` once the root is open (plaintext bytes of the root's file or,
+  for a folder, of its encoded entries), ``held`` the block bytes found already in the repo, ``total``
+  the block bytes a single-file tree needs (data blocks and their tags: metadata blocks add well under
+  0.1%), None for a folder (its size is known only once every listing is open). ``held`` leaves out
+  what this fetch stored itself (the walk finds those held too, at the next round).
+- ``done``: netget's on_bytes path (:meth:`FetchProgress.add`): block bytes this fetch stored.
+- ``peers``, ``providers_known``: the provider search in netget (the providers pulled from now, and all
+  found so far, reachable or not).
+- ``started``, ``phase_since``: :func:`time.monotonic` values, for the elapsed time and the running
+  clock while it looks for providers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from node.store.tree_walk import Frontier
+from protocol.manifest import chunk_count
+from protocol.seal import TAG_LEN
+
+PHASES = ("starting", "looking", "fetching", "pinning", "done")
+
+
+@dataclass
+class FetchProgress:
+    """A fetch's progress so far (see the module docstring for who writes which field)."""
+
+    phase: str = "starting"
+    size: int | None = None
+    kind: str | None = None
+    done: int = 0
+    held: int = 0
+    total: int | None = None
+    peers: int = 0
+    providers_known: int = 0
+    started: float = field(default_factory=time.monotonic)
+    phase_since: float = field(default_factory=time.monotonic)
+    walk: Frontier | None = field(default=None, repr=False)
+
+    def enter(self, phase: str) -> None:
+        """Move to ``phase`` (one of :data:`PHASES`), restarting its clock if it is a new one."""
+        if phase != self.phase:
+            self.phase = phase
+            self.phase_since = time.monotonic()
+
+    def add(self, n: int) -> None:
+        """``n`` more block bytes were stored by this fetch (the first ones mean it is fetching)."""
+        if self.phase in ("starting", "looking"):
+            self.enter("fetching")
+        self.done += n
+
+    def refresh(self) -> None:
+        """Read what the walk knows now (from any thread: the walk's fields are plain values): the
+        root's size and kind once it is open, the block bytes found held that this fetch did not store."""
+        walk = self.walk
+        if walk is None:
+            return
+        self.held = max(self.held, walk.held_bytes - self.done)
+        root = walk.root
+        if root is None or self.size is not None:
+            return
+        self.size, self.kind = root.size, root.kind
+        if root.kind == "file":
+            self.total = root.size + TAG_LEN * chunk_count(root.size, root.chunk_size)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def waited(self) -> float:
+        """Seconds spent in the current phase (the running clock of "looking for providers")."""
+        return time.monotonic() - self.phase_since
