@@ -76,7 +76,11 @@ from node.net.noise_session import NoiseTransport
 libp2p_patches.apply()
 
 IDENTITY_LEN = 32
-DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
+DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)  # a command's temporary node and the tests: any free port
+# The daemon's default port (node/daemon/config.py), fixed so that the address a friend bootstraps
+# from still works after a restart. 4710 is in IANA's registered range and assigned to no service
+# that a desktop or server runs (kubo uses 4001; BitTorrent 6881-6889).
+DEFAULT_PORT = 4710
 DEFAULT_MAX_CONNECTIONS = 64
 CONNECT_TIMEOUT = 10.0
 STREAM_TIMEOUT = 10.0
@@ -118,7 +122,8 @@ def load_identity(secret: bytes) -> KeyPair:
 # -- addresses ----------------------------------------------------------------------------------------
 
 
-def _listen_addr(text: str) -> multiaddr.Multiaddr:
+def listen_multiaddr(text: str) -> multiaddr.Multiaddr:
+    """A listen address, ``/ip4|ip6/<address>/tcp/<port>``; anything else raises :class:`NetworkError`."""
     try:
         addr = multiaddr.Multiaddr(text)
         names = [p.name for p in addr.protocols()]
@@ -172,6 +177,23 @@ def _check_port_free(addr: multiaddr.Multiaddr) -> None:
             raise NetworkError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
 
 
+def any_port_if_taken(addr: str, port: int) -> str:
+    """``addr`` with port 0 (any free port) if it is a listen address on ``port`` that is in use; else
+    ``addr`` unchanged (an unparsable one too: :func:`open_host` says what is wrong with it)."""
+    try:
+        parsed = listen_multiaddr(addr)
+    except NetworkError:
+        return addr
+    if int(parsed.value_for_protocol("tcp")) != port:
+        return addr
+    try:
+        _check_port_free(parsed)
+    except NetworkError:
+        family = parsed.protocols()[0].name
+        return f"/{family}/{parsed.value_for_protocol(family)}/tcp/0"
+    return addr
+
+
 # -- the host -----------------------------------------------------------------------------------------
 
 
@@ -213,7 +235,7 @@ async def open_host(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> AsyncIterator[IHost]:
     """Run a Noise + yamux host listening on ``listen`` until the block exits; then close everything."""
-    addrs = [_listen_addr(a) for a in listen]
+    addrs = [listen_multiaddr(a) for a in listen]
     if not addrs:
         raise NetworkError("a host needs at least one listen address")
     for addr in addrs:
