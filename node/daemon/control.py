@@ -3,6 +3,8 @@
 - ``GET /v1/status`` -> ``{peer_id, addrs, peers, blocks, stored_bytes, storage_limit, roots,
   roots_announced, last_reprovide, seed}``
 - ``GET /v1/peers`` -> ``{peers: [{peer_id, addrs}]}``
+- ``GET /v1/address`` -> ``{peer_id, addrs, loopback_only, listen_example}``: the addresses a peer can
+  dial (``0.0.0.0`` expanded into this machine's interface addresses; node/net/addresses.py)
 - ``POST /v1/add {path, name?, with_size?, peer_hints?}`` -> what ``add --json`` prints, plus ``warnings``
 - ``GET /v1/ls`` -> ``{pins: [what ls --json prints for each pin], damaged: [one line per damaged pin]}``
 - ``POST /v1/rm {roots: [root CID text]}`` -> ``{unpinned: [root CID text]}``
@@ -40,6 +42,7 @@ from node.daemon.errors import ApiError
 from node.daemon.views import add_json, iso_time, pin_json
 from node.files.add import add_path
 from node.net import netget
+from node.net.addresses import address_report
 from node.net.dht import Dht
 from node.net.errors import NetworkError
 from node.net.exchange import BlockServer, FetchStats
@@ -92,6 +95,7 @@ class Control:
         return {
             ("GET", "/v1/status"): self.status,
             ("GET", "/v1/peers"): self.peers,
+            ("GET", "/v1/address"): self.address,
             ("POST", "/v1/add"): self.add,
             ("GET", "/v1/ls"): self.ls,
             ("POST", "/v1/rm"): self.rm,
@@ -139,6 +143,9 @@ class Control:
                     addrs.append(full)
             out.append({"peer_id": peer_id, "addrs": addrs})
         return {"peers": sorted(out, key=lambda p: str(p["peer_id"]))}
+
+    async def address(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return address_report(self.host.get_id().to_base58(), listen_addrs(self.host))
 
     async def add(self, args: dict[str, Any]) -> dict[str, Any]:
         path = _text(args, "path")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from node.net.addresses import expand, interface_ips, lan_example
 from node.net.host import DEFAULT_PORT
 from tests.daemon.test_daemon import Daemon, daemons
-from tests.helpers import RunCli, ok
+from tests.helpers import RunCli, ok, one_error
 
 __all__ = ["daemons"]  # the fixture, imported for the tests below
 
@@ -79,3 +80,60 @@ def test_a_restarted_bootstrap_peer_on_its_fixed_port_is_found_again(
     peers = json.loads(ok(run_cli("--repo", b_repo, "peers", "--json")))
     assert [p["peer_id"] for p in peers] == [a_status["peer_id"]]
     assert again.stop() == 0 and b.stop() == 0
+
+
+def test_address_prints_what_a_peer_pastes_and_warns_when_it_is_loopback_only(
+    tmp_path: Path, run_cli: RunCli, daemons: Callable[..., Daemon]
+) -> None:
+    repo = tmp_path / "r"
+    assert "no daemon runs on" in one_error(run_cli("--repo", repo, "address"))
+    node = daemons(repo, "--listen", "/ip4/127.0.0.1/tcp/0")
+    status = node.wait_ready()
+    shown = run_cli("--repo", repo, "address")
+    assert shown.returncode == 0 and shown.stdout.splitlines() == status["addrs"]
+    example = lan_example(int(status["addrs"][0].split("/")[4]), interface_ips())
+    assert shown.stderr.strip() == (
+        "sealbox: warning: only loopback addresses: a peer on another machine cannot reach this node;"
+        f" listen on a LAN address, e.g. --listen {example}"
+    )
+    answer = json.loads(ok(run_cli("--repo", repo, "address", "--json")))
+    assert answer["addrs"] == status["addrs"] and answer["loopback_only"] is True
+    assert answer["peer_id"] == status["peer_id"]
+    # connected to no one: peers says so (on stderr; stdout stays a list, empty)
+    alone = run_cli("--repo", repo, "peers")
+    assert alone.returncode == 0 and alone.stdout == ""
+    assert "not connected to any peer" in alone.stderr
+    assert json.loads(ok(run_cli("--repo", repo, "peers", "--json"))) == []
+    assert node.stop() == 0
+
+
+def test_address_expands_a_node_listening_on_every_interface(
+    tmp_path: Path, run_cli: RunCli, daemons: Callable[..., Daemon]
+) -> None:
+    """Listening sends nothing; the test only reads what the daemon says it can be reached at."""
+    repo = tmp_path / "r"
+    node = daemons(repo, "--listen", "/ip4/0.0.0.0/tcp/0")
+    status = node.wait_ready()
+    port, peer = status["addrs"][0].split("/")[4], status["peer_id"]
+    shown = run_cli("--repo", repo, "address")
+    ipv4 = [ip for ip in interface_ips() if ":" not in ip]
+    expected = {f"/ip4/{ip}/tcp/{port}/p2p/{peer}" for ip in ipv4}
+    assert set(shown.stdout.splitlines()) == expected and "0.0.0.0" not in shown.stdout
+    assert shown.stdout.splitlines()[-1] == f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer}"  # loopback last
+    if any(ip != "127.0.0.1" for ip in ipv4):
+        assert shown.stderr == ""
+    assert node.stop() == 0
+
+
+def test_unspecified_addresses_become_each_interface_address_loopback_last() -> None:
+    peer = "/p2p/12D3KooWE9jFFFh4K2fmCFpaGhGsqtbfL3BvRq6evgmmhJUbLWz2"
+    ips = ["127.0.0.1", "192.168.1.20", "::1", "fd00::2"]
+    assert expand([f"/ip4/0.0.0.0/tcp/4710{peer}", f"/ip6/::/tcp/4710{peer}"], ips) == [
+        f"/ip4/192.168.1.20/tcp/4710{peer}",
+        f"/ip6/fd00::2/tcp/4710{peer}",
+        f"/ip4/127.0.0.1/tcp/4710{peer}",
+        f"/ip6/::1/tcp/4710{peer}",
+    ]
+    assert expand([f"/ip4/10.0.0.5/tcp/1{peer}"], ips) == [f"/ip4/10.0.0.5/tcp/1{peer}"]
+    assert lan_example(4710, ips) == "/ip4/192.168.1.20/tcp/4710"
+    assert lan_example(4710, ["127.0.0.1"]) == "/ip4/0.0.0.0/tcp/4710"
