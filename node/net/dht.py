@@ -202,6 +202,11 @@ class Dht:
             await trio.sleep(min(pause, left))
             pause *= 2
 
+    def local_providers(self, root: bytes) -> list[Peer]:
+        """The providers of ``root`` this node's own provider store holds (no lookup): a fetch dials
+        them at once while the lookup looks for more."""
+        return _distinct(self.kad.provider_store.get_providers(provider_key(root)), self.host)
+
     async def _find_once(self, key: bytes, limit: int, deadline: float, grace: float) -> list[Peer]:
         store = self.kad.provider_store
         found = _distinct(store.get_providers(key), self.host)

@@ -84,6 +84,10 @@ DEFAULT_PORT = 4710
 DEFAULT_MAX_CONNECTIONS = 64
 CONNECT_TIMEOUT = 10.0
 STREAM_TIMEOUT = 10.0
+# a stream on a connection that already exists opens in milliseconds; one that has not in 5 s sits on a
+# connection a network outage left silent, so it is dropped for a fresh dial (open_stream_redialing)
+STALE_STREAM_TIMEOUT = 5.0
+DROP_TIMEOUT = 1.0  # seconds to close such a connection before dialing afresh anyway
 CLOSE_TIMEOUT = 5.0
 
 # What a libp2p call can raise when the other side, the network or an address is at fault.
@@ -318,10 +322,12 @@ async def connect(host: IHost, target: str | Peer) -> str:
     return info.peer_id.to_base58()
 
 
-async def open_stream(host: IHost, peer_id: str, protocol: str) -> INetStream:
+async def open_stream(
+    host: IHost, peer_id: str, protocol: str, *, within: float = STREAM_TIMEOUT
+) -> INetStream:
     """A new stream to a peer (dialing it from known addresses if needed) speaking ``protocol``.
 
-    Fails with :class:`NetworkError` after ``STREAM_TIMEOUT`` seconds.
+    Fails with :class:`NetworkError` after ``within`` seconds (``STREAM_TIMEOUT``).
     """
     try:
         pid = ID.from_base58(peer_id)
@@ -330,7 +336,7 @@ async def open_stream(host: IHost, peer_id: str, protocol: str) -> INetStream:
     except ValueError:
         raise NetworkError(f"not a peer id: {peer_id[:60]!r}") from None
     try:
-        with trio.fail_after(STREAM_TIMEOUT):
+        with trio.fail_after(within):
             return await host.new_stream(pid, [TProtocol(protocol)])
     except _NET_ERRORS as exc:
         raise NetworkError(f"cannot open {protocol} to {peer_id}: {_reason(exc)}") from None
@@ -339,15 +345,19 @@ async def open_stream(host: IHost, peer_id: str, protocol: str) -> INetStream:
 async def open_stream_redialing(host: IHost, peer_id: str, protocol: str) -> INetStream:
     """:func:`open_stream`, and if that fails on a connection that already existed, close it and try
     once more over a fresh dial: a connection that outlived a network outage can stay silent for a long
-    time (TCP's retransmission backoff) while a new one works at once."""
+    time (TCP's retransmission backoff) while a new one works at once. On such a connection the first
+    try waits ``STALE_STREAM_TIMEOUT``, its close ``DROP_TIMEOUT``, the fresh dial ``STREAM_TIMEOUT``:
+    a peer cut off mid-way is given up after about 16 s."""
     had_connection = any(p.to_base58() == peer_id for p in host.get_connected_peers())
     try:
-        return await open_stream(host, peer_id, protocol)
+        return await open_stream(
+            host, peer_id, protocol, within=STALE_STREAM_TIMEOUT if had_connection else STREAM_TIMEOUT
+        )
     except NetworkError:
         if not had_connection:
             raise
     pid = ID.from_base58(peer_id)
-    with trio.move_on_after(CLOSE_TIMEOUT), suppress(*_NET_ERRORS):
+    with trio.move_on_after(DROP_TIMEOUT), suppress(*_NET_ERRORS):
         await host.disconnect(pid)
     _unblock(host, pid)
     return await open_stream(host, peer_id, protocol)

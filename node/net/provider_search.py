@@ -86,9 +86,16 @@ class ProviderSearch:
 
     async def _look_up(self, nursery: trio.Nursery) -> None:
         assert self.dht is not None
-        for provider in await self.dht.find_providers(self.link.root, timeout=self.find_timeout):
-            if provider.peer_id not in self.peers:
-                nursery.start_soon(self._dial, provider, "provider")
+        dialed: set[str] = set()
+
+        def dial(providers: list[Peer]) -> None:
+            for provider in providers:
+                if provider.peer_id not in self.peers and provider.peer_id not in dialed:
+                    dialed.add(provider.peer_id)
+                    nursery.start_soon(self._dial, provider, "provider")
+
+        dial(self.dht.local_providers(self.link.root))  # at once, not after the lookup
+        dial(await self.dht.find_providers(self.link.root, timeout=self.find_timeout))
 
     async def _dial(self, target: str | Peer, what: str) -> None:
         try:
