@@ -4,13 +4,18 @@ and ``sealbox address``. Real daemons (subprocesses), real CLI; each waits on wh
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
+import trio
 
+from node.daemon import main as daemon_main
 from node.net.addresses import expand, interface_ips, lan_example
 from node.net.host import DEFAULT_PORT
 from tests.daemon.test_daemon import Daemon, daemons
@@ -25,31 +30,42 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def default_port_taken() -> Iterator[None]:
-    """Something other than a daemon holds the default port on 127.0.0.1 (if something else already
-    holds it, as another test's daemon may, it stays taken all the same)."""
-    holder = socket.socket()
-    try:
-        holder.bind(("127.0.0.1", DEFAULT_PORT))
-        holder.listen()
-    except OSError:
-        pass
-    try:
-        yield
-    finally:
-        holder.close()
-
-
-def test_a_daemon_whose_default_port_is_taken_listens_on_another_and_warns(
-    tmp_path: Path, run_cli: RunCli, daemons: Callable[..., Daemon], default_port_taken: None
+def test_two_daemons_on_one_machine_the_second_takes_another_port_and_warns(
+    tmp_path: Path, daemons: Callable[..., Daemon]
 ) -> None:
-    node = daemons(tmp_path / "second")  # no --listen: the config's default, 127.0.0.1:4710
-    status = node.wait_ready()
-    node.wait_for(rf"WARNING node.daemon.main: listen: port {DEFAULT_PORT} is taken .* random port")
-    assert len(status["addrs"]) == 1 and f"/tcp/{DEFAULT_PORT}/" not in status["addrs"][0]
-    assert status["addrs"][0].startswith("/ip4/127.0.0.1/tcp/")
-    assert node.stop() == 0
+    """Both on the config's default, 127.0.0.1:4710 (another test's daemon may hold it already: then the
+    first moves too, and the second still does)."""
+    first = daemons(tmp_path / "first")
+    first_addrs = first.wait_ready()["addrs"]
+    second = daemons(tmp_path / "second")
+    addrs = second.wait_ready()["addrs"]
+    second.wait_for(rf"WARNING node.daemon.main: listen: port {DEFAULT_PORT} is taken .* random port")
+    assert len(addrs) == 1 and f"/tcp/{DEFAULT_PORT}/" not in addrs[0] and addrs != first_addrs
+    assert addrs[0].startswith("/ip4/127.0.0.1/tcp/")
+    assert first.stop() == 0 and second.stop() == 0
+
+
+async def test_the_default_port_is_kept_when_free_and_moved_with_a_warning_when_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In this process, on a port of the test's own standing in for 4710."""
+    port = free_port()
+    monkeypatch.setattr(daemon_main, "DEFAULT_PORT", port)
+    default = f"/ip4/127.0.0.1/tcp/{port}"
+    assert daemon_main._fixed_or_any([default, "/ip4/127.0.0.1/tcp/0"]) == [default, "/ip4/127.0.0.1/tcp/0"]
+    assert not caplog.records
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                running = await nursery.start(partial(daemon_main.serve, tmp_path / "r", listen=[default]))
+                nursery.cancel_scope.cancel()
+    assert len(running.addrs) == 1 and f"/tcp/{port}/" not in running.addrs[0]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"listen: port {port} is taken (another node on this machine?); listening on a random port instead:"
+        " peers that know this node's usual address will not reach it ('sealbox address' prints the new one)"
+    ]
 
 
 def test_a_restarted_bootstrap_peer_on_its_fixed_port_is_found_again(
@@ -69,8 +85,12 @@ def test_a_restarted_bootstrap_peer_on_its_fixed_port_is_found_again(
     sample = tmp_path / "kept.bin"
     sample.write_bytes(os.urandom(300_000))
     link = ok(run_cli("--repo", a_repo, "add", sample)).strip()
+    a.wait_for(r"announced root .* to the DHT")  # to b, its only DHT peer: b holds the record
     assert a.stop() == 0
     b.wait_for(r"bootstrap: 1 peer\(s\) unreachable; next try in about")
+    # the one provider b knows is gone: said at once, with how long it looked (not a 30 s lookup)
+    error = one_error(run_cli("--repo", b_repo, "get", link, "-o", tmp_path / "nothing"))
+    assert re.search(r"1 provider\(s\) known, none reachable \(looked for \d+\.\d s\)", error), error
     again = daemons(a_repo, "--listen", listen)
     assert again.wait_ready()["addrs"] == a_status["addrs"]
     b.wait_for(r"INFO node.net.bootstrap: bootstrap: reconnected to 1 of 1 peer\(s\)", timeout=60)
