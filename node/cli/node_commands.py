@@ -1,11 +1,11 @@
-"""``sealbox daemon``, and ``status`` and ``peers``, which ask the running one."""
+"""``sealbox daemon``, and ``status``, ``peers`` and ``address``, which ask the running one."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from node.cli.common import daemon, repo_path
+from node.cli.common import daemon, repo_path, warn
 from node.cli.output import Output, human
 from node.daemon.api_client import NoDaemon
 from node.daemon.errors import DaemonError
@@ -14,7 +14,7 @@ from node.daemon.errors import DaemonError
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    """``daemon``, and ``status`` and ``peers``, which ask the running one."""
+    """``daemon``, and ``status``, ``peers`` and ``address``, which ask the running one."""
     run = sub.add_parser(
         "daemon", parents=[common], help="run the node: serve and announce pinned roots, answer the CLI"
     )
@@ -36,6 +36,17 @@ def register(
     status.set_defaults(func=cmd_status)
     peers = sub.add_parser("peers", parents=[common], help="list the peers the daemon is connected to")
     peers.set_defaults(func=cmd_peers)
+    address = sub.add_parser(
+        "address",
+        parents=[common],
+        help="print the addresses other peers can use to reach this node (for their --bootstrap)",
+        description="Print the addresses other peers can use to reach this node, one per line, each"
+        " ending in /p2p/<peer id>: give one to a friend for their --bootstrap. A node listening on"
+        " 0.0.0.0 shows each of this machine's interface addresses. Needs a running daemon.",
+        epilog="example: sealbox address   # then, on the other machine:"
+        " sealbox daemon --bootstrap /ip4/192.168.1.20/tcp/4710/p2p/12D3KooW...",
+    )
+    address.set_defaults(func=cmd_address)
 
 
 def _running(args: argparse.Namespace, path: str) -> Any:
@@ -65,7 +76,19 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_peers(args: argparse.Namespace) -> None:
     peers = _running(args, "/v1/peers")["peers"]
     text = "\n".join(f"{p['peer_id']}  {' '.join(p['addrs'])}".rstrip() for p in peers)
+    if not peers and not args.json:
+        warn("not connected to any peer (give the daemon a peer with --bootstrap MULTIADDR)")
     Output(args).emit(peers, text or None)
+
+
+def cmd_address(args: argparse.Namespace) -> None:
+    answer = _running(args, "/v1/address")
+    if answer["loopback_only"]:
+        warn(
+            "only loopback addresses: a peer on another machine cannot reach this node; listen on a LAN"
+            f" address, e.g. --listen {answer['listen_example']}"
+        )
+    Output(args).emit(answer, "\n".join(answer["addrs"]) or None)
 
 
 def cmd_daemon(args: argparse.Namespace) -> None:

@@ -2,7 +2,9 @@
 
 Command-line flags override the file (``Config.override``). Every problem with the file is one line that
 names the file and the setting. Defaults never reach beyond this machine: the node listens on
-127.0.0.1 only and knows no bootstrap peer.
+127.0.0.1 only and knows no bootstrap peer. The default port is fixed (``DEFAULT_PORT``, 4710), so the
+address a peer bootstraps from survives a restart; when it is taken the daemon listens on a random
+port instead and says so (node/daemon/main.py).
 """
 
 from __future__ import annotations
@@ -18,18 +20,24 @@ from node.daemon.config_file import CONFIG_NAME, config_path, parse_limit, parse
 from node.daemon.errors import ConfigError
 from node.net.dht import RECORD_LIFETIME, REPROVIDE_INTERVAL
 from node.net.errors import NetworkError
-from node.net.host import DEFAULT_LISTEN, parse_peer_addr
+from node.net.host import DEFAULT_PORT, listen_multiaddr, parse_peer_addr
 from node.store.fsutil import write_atomic
 
 MAX_ADDRS = 64
+DAEMON_LISTEN = (f"/ip4/127.0.0.1/tcp/{DEFAULT_PORT}",)
+LISTEN_EXAMPLE = f"/ip4/0.0.0.0/tcp/{DEFAULT_PORT}"
 MIN_REPROVIDE_INTERVAL = 60.0
 
 TEMPLATE = f"""\
 # Sealbox node settings (read by 'sealbox daemon'; flags given on the command line win).
 
-# Where the node listens: multiaddrs /ip4|ip6/<address>/tcp/<port>. Port 0 picks a free port.
-# The default accepts connections from this machine only; "/ip4/0.0.0.0/tcp/4001" opens it to others.
-listen = ["/ip4/127.0.0.1/tcp/0"]
+# Where the node listens: multiaddrs /ip4|ip6/<address>/tcp/<port>. Port 0 picks a free port at each
+# start. Port {DEFAULT_PORT} stays the same across restarts, so a peer's --bootstrap address keeps working
+# (if another program holds it, the daemon takes a random port and logs a warning).
+# The default accepts connections from this machine only. For a peer on another machine, listen on
+# this machine's LAN address, e.g. "/ip4/192.168.1.20/tcp/{DEFAULT_PORT}" ('sealbox address' prints what
+# to give the other side).
+listen = ["/ip4/127.0.0.1/tcp/{DEFAULT_PORT}"]
 
 # Peers to join the DHT through: full multiaddrs ending in /p2p/<peer id>. None by default: the node
 # never dials anything it was not told to. Public IPFS bootstrap peers work too (the DHT only ever sees
@@ -51,7 +59,7 @@ seed = true
 
 @dataclass(frozen=True)
 class Config:
-    listen: tuple[str, ...] = DEFAULT_LISTEN
+    listen: tuple[str, ...] = DAEMON_LISTEN
     bootstrap: tuple[str, ...] = ()
     storage_limit: int | None = None
     reprovide_interval: float = REPROVIDE_INTERVAL
@@ -88,7 +96,7 @@ def parse_config(raw: bytes, where: str = CONFIG_NAME) -> Config:
         raise ConfigError(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
     try:
         return Config(
-            listen=_addrs("listen", data.get("listen", list(DEFAULT_LISTEN)), peer=False),
+            listen=_addrs("listen", data.get("listen", list(DAEMON_LISTEN)), peer=False),
             bootstrap=_addrs("bootstrap", data.get("bootstrap", []), peer=True),
             storage_limit=parse_limit(data.get("storage_limit")),
             reprovide_interval=_interval(data.get("reprovide_interval", REPROVIDE_INTERVAL)),
@@ -107,7 +115,13 @@ def _addrs(name: str, value: Any, *, peer: bool) -> tuple[str, ...]:
         raise ConfigError(f"{name} needs at least one address")
     for addr in value:
         if not addr.startswith("/"):
-            raise ConfigError(f"{name}: not a multiaddr: {addr[:100]!r}")
+            example = "/ip4/192.0.2.10/tcp/4710/p2p/12D3KooW..." if peer else LISTEN_EXAMPLE
+            raise ConfigError(f"{name}: not a multiaddr: {addr[:100]!r} (expected one like {example})")
+        if not peer:
+            try:
+                listen_multiaddr(addr)
+            except NetworkError as exc:
+                raise ConfigError(f"{name}: {exc} (expected a multiaddr like {LISTEN_EXAMPLE})") from None
         if peer:
             try:
                 parse_peer_addr(addr)

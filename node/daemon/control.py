@@ -3,6 +3,8 @@
 - ``GET /v1/status`` -> ``{peer_id, addrs, peers, blocks, stored_bytes, storage_limit, roots,
   roots_announced, last_reprovide, seed}``
 - ``GET /v1/peers`` -> ``{peers: [{peer_id, addrs}]}``
+- ``GET /v1/address`` -> ``{peer_id, addrs, loopback_only, listen_example}``: the addresses a peer can
+  dial (``0.0.0.0`` expanded into this machine's interface addresses; node/net/addresses.py)
 - ``GET /v1/ls`` -> ``{pins: [what ls --json prints for each pin], damaged: [one line per damaged pin]}``
 - ``POST /v1/rm {roots: [root CID text]}`` -> ``{unpinned: [root CID text]}``
 - ``POST /v1/gc {}`` -> ``{blocks_removed, bytes_freed}``: gc in the daemon, where it is safe against the
@@ -35,6 +37,7 @@ from node.daemon.config import Config
 from node.daemon.errors import ApiError
 from node.daemon.transfers import Transfers
 from node.daemon.views import iso_time, pin_json
+from node.net.addresses import address_report
 from node.net.dht import Dht
 from node.net.errors import NetworkError
 from node.net.exchange import BlockServer
@@ -87,6 +90,7 @@ class Control:
         return {
             ("GET", "/v1/status"): self.status,
             ("GET", "/v1/peers"): self.peers,
+            ("GET", "/v1/address"): self.address,
             ("GET", "/v1/ls"): self.ls,
             ("POST", "/v1/rm"): self.rm,
             ("POST", "/v1/gc"): self.gc,
@@ -168,6 +172,9 @@ class Control:
                 f"the repo holds {stored} bytes, at its storage limit ({limit}): 'sealbox rm' and 'gc' first",
                 507,
             )
+
+    async def address(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return address_report(self.host.get_id().to_base58(), listen_addrs(self.host))
 
     async def ls(self, _args: dict[str, Any]) -> dict[str, Any]:
         damaged: list[str] = []

@@ -33,6 +33,7 @@ ROUTINE = (
     ("libp2p.kad_dht.peer_routing", "Failed to open stream to"),
     ("libp2p.kad_dht.provider_store", "Failed to send ADD_PROVIDER"),
     ("libp2p.kad_dht.provider_store", "Error sending ADD_PROVIDER"),
+    ("libp2p.kad_dht.provider_store", "Error getting providers from"),
 )
 
 

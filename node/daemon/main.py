@@ -1,7 +1,8 @@
 """The long-lived node: ``sealbox daemon``.
 
-``serve`` is the root nursery: the libp2p host (identity from ``REPO/identity``), the DHT (opened before
-any connection, then bootstrapped, and joined again while it knows no peer), and when seeding the block
+``serve`` is the root nursery: the libp2p host (identity from ``REPO/identity``; on the default port,
+or a random one when that is taken), the DHT (opened before any connection, then bootstrapped;
+node/net/bootstrap.py redials lost bootstrap peers with backoff), and when seeding the block
 server and the reprovider announcing every pinned root; and the control API on ``REPO/api.sock``
 (node/daemon/control.py). ``main`` adds the process's concerns: SIGINT/SIGTERM, which cancel ``serve``,
 and SIGUSR1 task dumps (node/daemon/taskdump.py); everything then closes within a few seconds (the
@@ -33,9 +34,10 @@ from node.daemon.control import Control, NodeState
 from node.daemon.errors import DaemonError
 from node.daemon.taskdump import serve_task_dumps
 from node.errors import single_exception
+from node.net.bootstrap import keep_bootstrap
 from node.net.dht import Dht, open_dht, serve_reprovider
 from node.net.exchange import BlockServer
-from node.net.host import listen_addrs, open_host
+from node.net.host import DEFAULT_PORT, any_port_if_taken, listen_addrs, open_host
 from node.net.identity import load_or_create_identity
 from node.store.repo import Repo
 
@@ -45,7 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "daemon.lock"
-REJOIN_INTERVAL = 300.0  # seconds between bootstrap attempts while the node knows no DHT peer
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ async def _serve_node(
     sock: Path,
     task_status: TaskStatus[Running],
 ) -> None:
-    async with open_host(identity, config.listen) as host, open_dht(host) as dht:
+    async with open_host(identity, _fixed_or_any(config.listen)) as host, open_dht(host) as dht:
         server = BlockServer(repo.blocks)
         if config.seed:
             server.install(host)
@@ -134,7 +135,7 @@ async def _network(repo: Repo, dht: Dht, config: Config, state: NodeState) -> No
     async with trio.open_nursery() as nursery:
         if config.bootstrap:
             await _join(dht, config.bootstrap)
-            nursery.start_soon(_rejoin, dht, config.bootstrap)
+            nursery.start_soon(keep_bootstrap, dht, config.bootstrap)
         if config.seed:
 
             def roots() -> list[bytes]:
@@ -149,11 +150,22 @@ async def _join(dht: Dht, bootstrap: Sequence[str]) -> None:
     log.log(level, "bootstrap: reached %d of %d peer(s)", reached, len(bootstrap))
 
 
-async def _rejoin(dht: Dht, bootstrap: Sequence[str]) -> None:
-    while True:
-        await trio.sleep(REJOIN_INTERVAL)
-        if dht.routing_table_size() == 0:
-            await _join(dht, bootstrap)
+def _fixed_or_any(listen: Sequence[str]) -> list[str]:
+    """``listen``, with an address on the default port (``DEFAULT_PORT``) that something else holds
+    (another node on this machine) moved to a random port, with a warning: the node still starts, and
+    the log says that the address others knew will not reach it. Any other port in use is refused."""
+    out = []
+    for addr in listen:
+        moved = any_port_if_taken(addr, DEFAULT_PORT)
+        if moved != addr:
+            log.warning(
+                "listen: port %d is taken (another node on this machine?); listening on a random port"
+                " instead: peers that know this node's usual address will not reach it ('sealbox address'"
+                " prints the new one)",
+                DEFAULT_PORT,
+            )
+        out.append(moved)
+    return out
 
 
 # -- the process --------------------------------------------------------------------------------------

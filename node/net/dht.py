@@ -96,6 +96,7 @@ FIND_GRACE = 2.0  # seconds a lookup goes on for more providers once it knows on
 FIND_RETRY_FIRST = 0.5  # seconds before a lookup that found nothing is tried again (then doubling)
 # a DHT server (py-libp2p 0.8.1) takes at most 10 ADD_PROVIDER per 10 s from one peer and drops the rest
 PROVIDE_SPACING = 1.1
+REPROVIDE_RETRY_FIRST = 60.0  # seconds before a round that left a record with no DHT peer is tried again
 assert REPROVIDE_INTERVAL * 3 < RECORD_LIFETIME
 
 
@@ -182,7 +183,8 @@ class Dht:
         does not answer (gone, cut off) must not hold up a fetch that already has somewhere to start. A
         lookup that ends with nothing (its peers all failed or knew nothing: the table may be stale, a
         record may be on its way) is tried again, 0.5 s later and then at doubling intervals, until the
-        deadline. Returns what was found when the deadline strikes, possibly ``[]``; never raises for a miss.
+        deadline, unless no peer is connected any more (none is left to ask). Returns what was found
+        when the deadline strikes, possibly ``[]``; never raises for a miss.
         """
         if limit < 1:
             return []
@@ -193,8 +195,17 @@ class Dht:
             left = deadline - trio.current_time()
             if found or left <= 0:
                 return found[:limit]
+            if not self.host.get_connected_peers():
+                # every DHT peer this node knew failed (the swarm then refuses them for 60 s): another
+                # try would ask no one, so a fetch can say so now rather than at the deadline
+                return []
             await trio.sleep(min(pause, left))
             pause *= 2
+
+    def local_providers(self, root: bytes) -> list[Peer]:
+        """The providers of ``root`` this node's own provider store holds (no lookup): a fetch dials
+        them at once while the lookup looks for more."""
+        return _distinct(self.kad.provider_store.get_providers(provider_key(root)), self.host)
 
     async def _find_once(self, key: bytes, limit: int, deadline: float, grace: float) -> list[Peer]:
         store = self.kad.provider_store
@@ -247,31 +258,45 @@ async def serve_reprovider(
     interval: float = REPROVIDE_INTERVAL,
     *,
     announced: Callable[[bytes, bool], None] | None = None,
+    retry: float = REPROVIDE_RETRY_FIRST,
     task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Announce every root in ``roots()`` now and then every ``interval`` seconds, one at a time.
 
-    ``roots`` is called afresh each round, so roots added or removed in between are followed.
-    ``announced(root, sent)`` is called after each announcement (for logs and tests).
+    ``roots`` is called afresh each round, so roots added or removed in between are followed. A round in
+    which no DHT peer took some record (the node is cut off, or has not joined yet) is followed by
+    another one ``retry`` seconds later, doubling up to ``interval``, not ``interval`` later: a record
+    nobody holds would otherwise be missing for 12 h. ``announced(root, sent)`` is called after each
+    announcement (for logs and tests). One log line per round says what the round did.
     """
     if not 0 < interval < RECORD_LIFETIME:
         raise ValueError("the reprovide interval must be positive and shorter than a record's lifetime")
     task_status.started()
+    pause = retry
     while True:
-        count = 0
+        sent_count, total = 0, 0
         for root in list(roots()):
             try:
                 sent = await dht.provide(root)
             except NetworkError as exc:
                 log.warning("reprovide: %s", exc)
                 sent = False
-            if not sent:
-                log.info("reprovide: no DHT peer took the record for a root; retrying next round")
             if announced is not None:
                 announced(root, sent)
-            count += 1
-        log.info("reprovide: announced %d root(s); next round in %.0f s", count, interval)
-        await trio.sleep(interval)
+            sent_count += sent
+            total += 1
+        if sent_count == total:
+            wait = interval
+            pause = retry
+            what = f"announced {total} root(s)" if total else "no pinned root to announce"
+        else:
+            wait = min(pause, interval)
+            pause = min(pause * 2, interval)
+            what = (
+                f"announced {sent_count} of {total} root(s); no DHT peer took the other {total - sent_count}"
+            )
+        log.info("reprovide: %s; next round in %.0f s", what, wait)
+        await trio.sleep(wait)
 
 
 def _distinct(infos: Iterable[PeerInfo], host: IHost) -> list[Peer]:

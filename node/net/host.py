@@ -76,10 +76,18 @@ from node.net.noise_session import NoiseTransport
 libp2p_patches.apply()
 
 IDENTITY_LEN = 32
-DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
+DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)  # a command's temporary node and the tests: any free port
+# The daemon's default port (node/daemon/config.py), fixed so that the address a friend bootstraps
+# from still works after a restart. 4710 is in IANA's registered range and assigned to no service
+# that a desktop or server runs (kubo uses 4001; BitTorrent 6881-6889).
+DEFAULT_PORT = 4710
 DEFAULT_MAX_CONNECTIONS = 64
 CONNECT_TIMEOUT = 10.0
 STREAM_TIMEOUT = 10.0
+# a stream on a connection that already exists opens in milliseconds; one that has not in 5 s sits on a
+# connection a network outage left silent, so it is dropped for a fresh dial (open_stream_redialing)
+STALE_STREAM_TIMEOUT = 5.0
+DROP_TIMEOUT = 1.0  # seconds to close such a connection before dialing afresh anyway
 CLOSE_TIMEOUT = 5.0
 
 # What a libp2p call can raise when the other side, the network or an address is at fault.
@@ -118,7 +126,8 @@ def load_identity(secret: bytes) -> KeyPair:
 # -- addresses ----------------------------------------------------------------------------------------
 
 
-def _listen_addr(text: str) -> multiaddr.Multiaddr:
+def listen_multiaddr(text: str) -> multiaddr.Multiaddr:
+    """A listen address, ``/ip4|ip6/<address>/tcp/<port>``; anything else raises :class:`NetworkError`."""
     try:
         addr = multiaddr.Multiaddr(text)
         names = [p.name for p in addr.protocols()]
@@ -172,6 +181,23 @@ def _check_port_free(addr: multiaddr.Multiaddr) -> None:
             raise NetworkError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
 
 
+def any_port_if_taken(addr: str, port: int) -> str:
+    """``addr`` with port 0 (any free port) if it is a listen address on ``port`` that is in use; else
+    ``addr`` unchanged (an unparsable one too: :func:`open_host` says what is wrong with it)."""
+    try:
+        parsed = listen_multiaddr(addr)
+    except NetworkError:
+        return addr
+    if int(parsed.value_for_protocol("tcp")) != port:
+        return addr
+    try:
+        _check_port_free(parsed)
+    except NetworkError:
+        family = parsed.protocols()[0].name
+        return f"/{family}/{parsed.value_for_protocol(family)}/tcp/0"
+    return addr
+
+
 # -- the host -----------------------------------------------------------------------------------------
 
 
@@ -213,7 +239,7 @@ async def open_host(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> AsyncIterator[IHost]:
     """Run a Noise + yamux host listening on ``listen`` until the block exits; then close everything."""
-    addrs = [_listen_addr(a) for a in listen]
+    addrs = [listen_multiaddr(a) for a in listen]
     if not addrs:
         raise NetworkError("a host needs at least one listen address")
     for addr in addrs:
@@ -296,10 +322,12 @@ async def connect(host: IHost, target: str | Peer) -> str:
     return info.peer_id.to_base58()
 
 
-async def open_stream(host: IHost, peer_id: str, protocol: str) -> INetStream:
+async def open_stream(
+    host: IHost, peer_id: str, protocol: str, *, within: float = STREAM_TIMEOUT
+) -> INetStream:
     """A new stream to a peer (dialing it from known addresses if needed) speaking ``protocol``.
 
-    Fails with :class:`NetworkError` after ``STREAM_TIMEOUT`` seconds.
+    Fails with :class:`NetworkError` after ``within`` seconds (``STREAM_TIMEOUT``).
     """
     try:
         pid = ID.from_base58(peer_id)
@@ -308,7 +336,7 @@ async def open_stream(host: IHost, peer_id: str, protocol: str) -> INetStream:
     except ValueError:
         raise NetworkError(f"not a peer id: {peer_id[:60]!r}") from None
     try:
-        with trio.fail_after(STREAM_TIMEOUT):
+        with trio.fail_after(within):
             return await host.new_stream(pid, [TProtocol(protocol)])
     except _NET_ERRORS as exc:
         raise NetworkError(f"cannot open {protocol} to {peer_id}: {_reason(exc)}") from None
@@ -317,15 +345,19 @@ async def open_stream(host: IHost, peer_id: str, protocol: str) -> INetStream:
 async def open_stream_redialing(host: IHost, peer_id: str, protocol: str) -> INetStream:
     """:func:`open_stream`, and if that fails on a connection that already existed, close it and try
     once more over a fresh dial: a connection that outlived a network outage can stay silent for a long
-    time (TCP's retransmission backoff) while a new one works at once."""
+    time (TCP's retransmission backoff) while a new one works at once. On such a connection the first
+    try waits ``STALE_STREAM_TIMEOUT``, its close ``DROP_TIMEOUT``, the fresh dial ``STREAM_TIMEOUT``:
+    a peer cut off mid-way is given up after about 16 s."""
     had_connection = any(p.to_base58() == peer_id for p in host.get_connected_peers())
     try:
-        return await open_stream(host, peer_id, protocol)
+        return await open_stream(
+            host, peer_id, protocol, within=STALE_STREAM_TIMEOUT if had_connection else STREAM_TIMEOUT
+        )
     except NetworkError:
         if not had_connection:
             raise
     pid = ID.from_base58(peer_id)
-    with trio.move_on_after(CLOSE_TIMEOUT), suppress(*_NET_ERRORS):
+    with trio.move_on_after(DROP_TIMEOUT), suppress(*_NET_ERRORS):
         await host.disconnect(pid)
     _unblock(host, pid)
     return await open_stream(host, peer_id, protocol)

@@ -33,8 +33,9 @@ from node.errors import NodeError
 from node.net.dht import FIND_TIMEOUT, Dht, open_dht
 from node.net.errors import NetworkError
 from node.net.exchange import FetchError, FetchStats, fetch_blocks
-from node.net.host import Peer, connect, new_identity, open_host
+from node.net.host import new_identity, open_host
 from node.net.progress import FetchProgress
+from node.net.provider_search import ProviderSearch
 from node.store.errors import NotFoundError
 from node.store.lease import Lease
 from node.store.pin_tree import pin_fetched
@@ -83,7 +84,8 @@ async def fetch_link(
 
     ``on_bytes(n)``, if given, is called as each block of ``n`` bytes is stored (for a progress bar).
 
-    Providers come from the link's peer hints (dialed first) and the DHT. With ``announce``, the node
+    Providers come from the link's peer hints and the DHT at once (node/net/provider_search.py: the fetch
+    starts from the first that connects; later ones join it). With ``announce``, the node
     announces the root in the background as soon as it starts (it serves what it holds while
     fetching, like a BitTorrent peer). Without ``pin`` the blocks stay unpinned: gc may remove them
     and the reprovider does not announce them (``get --no-seed``). ``progress``, if given, is filled in
@@ -126,7 +128,7 @@ async def _fetch_leased(
     # The walk leases each block it finds held as it finds it, but a gc that read the leases just
     # before may still delete one in between. The pin reads every block back and says so
     # (NotFoundError): then one more walk, with a lease that by now holds everything else, fetches it.
-    rounds = functools.partial(_fetch_rounds, host, dht, repo, link, lease, find_timeout, on_bytes)
+    rounds = functools.partial(_fetch_rounds, host, dht, repo, link, lease, find_timeout, on_bytes, progress)
     report = FetchReport(link.root, 0)
     second = False
     while True:
@@ -162,6 +164,7 @@ async def _fetch_rounds(
     lease: Lease,
     find_timeout: float,
     on_bytes: Callable[[int], None] | None,
+    progress: FetchProgress | None,
     frontier: Frontier,
     missing: list[bytes],
     report: FetchReport,
@@ -177,8 +180,9 @@ async def _fetch_rounds(
             # fetch; once the fetch is over the caller announces the pinned root again (see control.py)
             nursery.start_soon(_announce_early, dht, link.root)
         try:
-            peers = await _providers(host, dht, link, find_timeout)
-            fetch = _Rounds(host, dht, repo, link, lease, frontier, peers, find_timeout, on_bytes)
+            search = ProviderSearch(host, dht, link, {}, find_timeout, progress)
+            peers = await search.first(nursery)
+            fetch = _Rounds(host, dht, repo, link, lease, frontier, peers, search, on_bytes)
             stats = await fetch.run(missing, report)
             report.providers = max(report.providers, len(peers))  # those found during the fetch included
             if report.stats is None:
@@ -200,30 +204,6 @@ async def _announce_early(dht: Dht, root: bytes) -> None:
         log.info("announcing a root being fetched: %s", exc)
 
 
-async def _providers(host: IHost, dht: Dht | None, link: ShareLink, find_timeout: float) -> dict[str, None]:
-    """The providers to start with: the link's peer hints (dialed first), then the DHT's."""
-    peers: dict[str, None] = {}
-    for hint in link.peers:
-        try:
-            peers[await connect(host, hint)] = None
-        except NetworkError as exc:
-            log.info("peer hint unreachable: %s", exc)
-    if not peers and dht is not None and dht.routing_table_size() == 0 and not host.get_connected_peers():
-        # a DHT lookup would have no one to ask: say so now, not after its whole deadline
-        raise FetchError(
-            "this node is connected to no peer"
-            + (" (the link's peer hints did not answer)" if link.peers else " and the link has no peer hints")
-            + ": give it a bootstrap peer (--bootstrap MULTIADDR, or 'bootstrap' in the repo's config.toml)"
-        )
-    await _discover(host, dht, link, peers, find_timeout)
-    if not peers:
-        raise FetchError(
-            "no providers found: no reachable peer has announced this link,"
-            " and it carries no reachable peer address"
-        )
-    return peers
-
-
 @dataclass
 class _Rounds:
     """A fetch's rounds: each fetches what the frontier lacks, until it lacks nothing."""
@@ -235,7 +215,7 @@ class _Rounds:
     lease: Lease
     frontier: Frontier
     peers: dict[str, None]
-    find_timeout: float
+    search: ProviderSearch
     on_bytes: Callable[[int], None] | None
 
     async def run(self, missing: list[bytes], report: FetchReport) -> FetchStats:
@@ -266,7 +246,7 @@ class _Rounds:
                 # retry once at once after a failure that came fast (a refused or broken stream).
                 missing = await trio.to_thread.run_sync(next_round, self.frontier, self.lease)
                 known = len(self.peers)
-                await _discover(self.host, self.dht, self.link, self.peers, self.find_timeout)
+                await self._look_again()
                 quick = quick_retry and trio.current_time() - started < QUICK_FAILURE
                 if self.frontier.held == held and len(self.peers) == known and not quick:
                     raise
@@ -281,24 +261,18 @@ class _Rounds:
         return total
 
     async def _more(self) -> list[str]:
-        await _discover(self.host, self.dht, self.link, self.peers, self.find_timeout)
+        """For the running fetch: the providers connected by now (the first search may still run),
+        else those a new lookup finds."""
+        if self.search.over.is_set():
+            await self.search.look_again()
         return list(self.peers)
 
-
-async def _discover(
-    host: IHost, dht: Dht | None, link: ShareLink, peers: dict[str, None], find_timeout: float
-) -> None:
-    """Add the providers the DHT knows for ``link``'s root to ``peers`` (those that can be reached)."""
-    if dht is None:
-        return
-    found: list[Peer] = await dht.find_providers(link.root, timeout=find_timeout)
-    for provider in found:
-        if provider.peer_id in peers:
-            continue
-        try:
-            peers[await connect(host, provider)] = None
-        except NetworkError as exc:
-            log.info("provider unreachable: %s", exc)
+    async def _look_again(self) -> None:
+        """After a failed round: the first search's outcome, and a new lookup if it named no one new."""
+        known = len(self.peers)
+        await self.search.over.wait()
+        if len(self.peers) == known:
+            await self.search.look_again()
 
 
 def get_from_network(

@@ -160,7 +160,10 @@ def test_daemon_serves_the_cli_stops_on_sigterm_and_keeps_its_identity(
     assert again["peer_id"] == peer_id and again["roots"] == 1
     assert [p["root"] for p in json.loads(ok(run_cli("--repo", repo, "ls", "--json")))] == [added["root"]]
     # it announces what it held again and serves it: another repo gets the file with only its address
-    restarted.wait_for(r"reprovide: announced 1 root", timeout=15)
+    # alone (no bootstrap peer), no DHT peer can take the record: the log says so, and when it tries again
+    restarted.wait_for(
+        r"reprovide: announced 0 of 1 root\(s\); no DHT peer took the other 1; next round in 60 s", timeout=15
+    )
     other = tmp_path / "other"
     copy = tmp_path / "from-restarted.bin"
     ok(run_cli("--repo", other, "get", added["link"], "--bootstrap", again["addrs"][0], "-o", copy))
@@ -295,14 +298,24 @@ def test_a_bad_config_file_stops_the_daemon_with_one_line(tmp_path: Path, run_cl
 
 def test_the_config_template_is_written_once_and_gives_the_safe_defaults(tmp_path: Path) -> None:
     assert parse_config(TEMPLATE.encode()) == Config()
-    assert Config().listen == ("/ip4/127.0.0.1/tcp/0",) and Config().bootstrap == ()
+    # a fixed port on loopback: the address a peer on this machine bootstraps from survives a restart
+    assert Config().listen == ("/ip4/127.0.0.1/tcp/4710",) and Config().bootstrap == ()
     assert load_config(tmp_path) == Config()
     assert (tmp_path / "config.toml").read_text() == TEMPLATE
+    assert 'listen = ["/ip4/127.0.0.1/tcp/4710"]' in TEMPLATE
     (tmp_path / "config.toml").write_text("storage_limit = 1000\nseed = false\nreprovide_interval = 3600\n")
     assert load_config(tmp_path) == Config(storage_limit=1000, seed=False, reprovide_interval=3600.0)
 
 
 PEER = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWE9jFFFh4K2fmCFpaGhGsqtbfL3BvRq6evgmmhJUbLWz2"
+
+
+def test_a_bad_listen_flag_is_refused_with_an_example(tmp_path: Path, run_cli: RunCli) -> None:
+    error = one_error(run_cli("--repo", tmp_path / "r", "daemon", "--listen", "/ip4/192.168.1.20"))
+    assert (
+        error.startswith("sealbox: error: --listen: ")
+        and "expected a multiaddr like /ip4/0.0.0.0/tcp/4710" in error
+    )
 
 
 @pytest.mark.parametrize(
@@ -313,6 +326,8 @@ PEER = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWE9jFFFh4K2fmCFpaGhGsqtbfL3BvRq6evgmm
         ("listen = []", "listen needs at least one address"),
         ('listen = "/ip4/127.0.0.1/tcp/0"', "listen must be a list"),
         ('listen = ["ip4/1.2.3.4"]', "not a multiaddr"),
+        ('listen = ["ip4/1.2.3.4"]', "(expected one like /ip4/0.0.0.0/tcp/4710)"),
+        ('listen = ["/ip4/1.2.3.4/udp/5"]', "(expected a multiaddr like /ip4/0.0.0.0/tcp/4710)"),
         ('bootstrap = ["/ip4/127.0.0.1/tcp/4001"]', "must end with /p2p/"),
         ("storage_limit = -1", "storage_limit must be a positive number"),
         ("storage_limit = true", "storage_limit must be a positive number"),

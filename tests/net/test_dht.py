@@ -6,6 +6,7 @@ until every task in the process is idle (``settle``): by then the message has be
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -285,3 +286,37 @@ async def test_the_dht_must_exist_before_the_host_connects() -> None:
             with pytest.raises(RuntimeError, match="before"):
                 async with open_dht(a):
                     pass
+
+
+async def test_the_reprovider_says_when_no_peer_took_a_record_and_tries_again_soon(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One line per round, and a true one: a node that knows no DHT peer announced nothing, and says
+    when it tries again (soon, doubling), not "announced" and 12 h."""
+    caplog.set_level(logging.INFO, logger="node.net.dht")
+    with trio.fail_after(15):
+        async with network(spacing=0.01) as new_node, trio.open_nursery() as nursery:
+            alone, other = await new_node(), await new_node()
+            rounds: list[bool] = []
+            two, taken = trio.Event(), trio.Event()
+
+            def announced(_root: bytes, sent: bool) -> None:
+                rounds.append(sent)
+                if len(rounds) == 2:
+                    two.set()
+                if sent:
+                    taken.set()
+
+            reprovider = partial(serve_reprovider, announced=announced, retry=0.05)
+            await nursery.start(reprovider, alone, lambda: [new_root()], 3600.0)
+            await two.wait()
+            assert await alone.bootstrap(listen_addrs(other.host)) == 1
+            await taken.wait()
+            nursery.cancel_scope.cancel()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reprovide:")]
+    assert lines[:2] == [
+        "reprovide: announced 0 of 1 root(s); no DHT peer took the other 1; next round in 0 s",
+        "reprovide: announced 0 of 1 root(s); no DHT peer took the other 1; next round in 0 s",
+    ]
+    assert lines[-1] == "reprovide: announced 1 root(s); next round in 3600 s"
+    assert not any("retrying next round" in line for line in lines)

@@ -19,6 +19,7 @@ from node.net.dht import Dht, open_dht
 from node.net.exchange import BlockServer, FetchError
 from node.net.host import listen_addrs, new_identity, open_host
 from node.net.netget import fetch_link, get_from_network
+from node.net.progress import FetchProgress
 from node.store.repo import Repo
 from protocol.cid import cid_of
 from protocol.errors import ManifestError
@@ -230,3 +231,70 @@ async def test_a_block_gc_removes_before_the_fetch_leases_it_is_fetched_again(
             # the blocks the first walk still saw came again, and the one it had found held just before
             assert report.pinned and report.stats is not None and report.stats.blocks == freed[0][0]
             assert same_tree(source, get_link(fetcher.repo, link, tmp_path / "out").path)
+
+
+async def run_block_host(path: Path, *, task_status: TaskStatus[tuple[str, Repo]]) -> None:
+    """A host that serves blocks and speaks no DHT at all (a lookup through it gets no answer)."""
+    repo = Repo.open(path)
+    try:
+        async with open_host(new_identity()) as host:
+            BlockServer(repo.blocks).install(host)
+            task_status.started((listen_addrs(host)[0], repo))
+            await trio.sleep_forever()
+    finally:
+        repo.close()
+
+
+async def test_a_hinted_peer_serves_the_fetch_without_waiting_for_the_dht_lookup(tmp_path: Path) -> None:
+    """The link names a peer that holds the tree and answers no DHT request; the fetcher's DHT knows
+    nothing of the root, so its lookup would run out its whole deadline. The fetch starts from the hint
+    at once: with a 600 s lookup deadline, waiting for it would trip the bound."""
+    source = tmp_path / "two-blocks.bin"
+    source.write_bytes(os.urandom(300_000))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, swarm(tmp_path / "dht") as new_peer:
+            addr, holder = await nursery.start(run_block_host, tmp_path / "holder")
+            added = add_path(holder, source).link
+            link = ShareLink(added.root, added.key, peers=(addr,))
+            fetcher = [await new_peer() for _ in range(2)][1]  # a DHT that knows nothing of the root
+            progress = FetchProgress()
+            report = await fetch_link(
+                fetcher.dht.host, fetcher.dht, fetcher.repo, link, find_timeout=600, progress=progress
+            )
+            assert report.pinned and report.providers == 1
+            assert (progress.phase, progress.providers_known, progress.peers) == ("done", 1, 1)
+            assert report.stats is not None and set(report.stats.received_from) == {addr.split("/")[-1]}
+            assert get_link(fetcher.repo, link, tmp_path / "out").path.read_bytes() == source.read_bytes()
+            nursery.cancel_scope.cancel()
+
+
+async def test_every_provider_offline_is_said_as_soon_as_their_dials_fail(tmp_path: Path) -> None:
+    """The DHT names the provider, which is gone: the fetch says how many were known and how long it
+    looked, without running out a 600 s lookup deadline."""
+    source = tmp_path / "f.bin"
+    source.write_bytes(os.urandom(1000))
+    async with swarm(tmp_path) as new_peer:
+        nodes = [await new_peer() for _ in range(3)]
+        link = add_path(nodes[1].repo, source).link
+        assert await nodes[1].dht.provide(link.root)
+        nodes[1].stop.set()
+        await nodes[1].stopped.wait()
+        with trio.fail_after(60), pytest.raises(FetchError, match=r"1 provider\(s\) known, none reachable"):
+            await fetch_link(nodes[2].dht.host, nodes[2].dht, nodes[2].repo, link, find_timeout=600)
+
+
+async def test_a_lookup_whose_dht_peers_all_went_away_ends_without_waiting_its_deadline(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "f.bin"
+    source.write_bytes(os.urandom(1000))
+    async with swarm(tmp_path) as new_peer:
+        first, fetcher = await new_peer(), await new_peer()
+        link = add_path(first.repo, source).link  # never announced: the fetcher has no record of it
+        first.stop.set()
+        await first.stopped.wait()
+        with (
+            trio.fail_after(60),
+            pytest.raises(FetchError, match=r"none of this node's DHT peers answered \(looked for"),
+        ):
+            await fetch_link(fetcher.dht.host, fetcher.dht, fetcher.repo, link, find_timeout=600)
