@@ -8,6 +8,7 @@ from typing import Any
 
 from node.cli.common import warn
 from node.cli.output import PROGRESS_INTERVAL, fetch_bar, shows_progress
+from node.cli.trees import fetch_fields
 from node.daemon.api_client import ApiClient
 from node.daemon.errors import DaemonError
 from node.errors import NodeError
@@ -27,7 +28,7 @@ def daemon_add(args: argparse.Namespace, daemon: ApiClient, request: dict[str, A
 def daemon_fetch(args: argparse.Namespace, daemon: ApiClient, link: ShareLink) -> None:
     """Ask the daemon to fetch ``link``; on a terminal, show its progress (asked of the daemon a few
     times a second while the fetch runs in a thread)."""
-    body = {"link": str(link), "seed": not args.no_seed}
+    body = {"link": str(link), "seed": not args.no_seed, **fetch_fields(args)}  # keep_key, path
     if not shows_progress(args):
         daemon.call("POST", "/v1/fetch", body, timeout=None)
         return

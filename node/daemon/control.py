@@ -6,8 +6,10 @@
 - ``POST /v1/add {path, name?, with_size?, peer_hints?}`` -> what ``add --json`` prints, plus ``warnings``
 - ``GET /v1/ls`` -> ``{pins: [what ls --json prints for each pin], damaged: [one line per damaged pin]}``
 - ``POST /v1/rm {roots: [root CID text]}`` -> ``{unpinned: [root CID text]}``
-- ``POST /v1/fetch {link, seed?}`` -> ``{root, providers, rounds, blocks, bytes, pinned}``; with
-  ``seed: false`` the root is neither announced nor pinned (``get --no-seed``)
+- ``POST /v1/fetch {link, seed?, keep_key?, path?}`` -> ``{root, providers, rounds, blocks, bytes, pinned}``;
+  with ``seed: false`` the root is neither announced nor pinned (``get --no-seed``); ``keep_key`` and
+  ``path``: see node/daemon/tree_routes.py
+- ``POST /v1/tree {link}`` -> what ``ls LINK --json`` prints (node/daemon/tree_routes.py)
 - ``GET /v1/fetching`` -> ``{fetches: [{root, bytes}]}``: the fetches running now (``get``'s progress bar)
 - ``POST /v1/gc {}`` -> ``{blocks_removed, bytes_freed}``: gc in the daemon, where it is safe against the
   daemon's own fetches and serving (``Repo.gc``); ``sealbox gc`` comes here while a daemon runs
@@ -37,7 +39,8 @@ from libp2p.peer.peerstore import PeerStoreError
 from node.daemon.api import Routes
 from node.daemon.config import Config
 from node.daemon.errors import ApiError
-from node.daemon.views import add_json, iso_time, pin_json
+from node.daemon.tree_routes import fetch_options, tree_route
+from node.daemon.views import add_json, iso_time, listed_pins
 from node.files.add import add_path
 from node.net import netget
 from node.net.dht import Dht
@@ -98,6 +101,7 @@ class Control:
             ("POST", "/v1/fetch"): self.fetch,
             ("GET", "/v1/fetching"): self.fetches,
             ("POST", "/v1/gc"): self.gc,
+            ("POST", "/v1/tree"): tree_route(self.repo, self.host, self.dht),
         }
 
     async def status(self, _args: dict[str, Any]) -> dict[str, Any]:
@@ -199,8 +203,8 @@ class Control:
 
     async def ls(self, _args: dict[str, Any]) -> dict[str, Any]:
         damaged: list[str] = []
-        pins = await trio.to_thread.run_sync(partial(self.repo.pins, on_damaged=damaged.append))
-        return {"pins": [pin_json(p) for p in pins], "damaged": damaged}
+        pins = await trio.to_thread.run_sync(partial(listed_pins, self.repo, damaged.append))
+        return {"pins": pins, "damaged": damaged}
 
     async def rm(self, args: dict[str, Any]) -> dict[str, Any]:
         roots = args.get("roots")
@@ -224,6 +228,7 @@ class Control:
         if not isinstance(wanted, bool):
             raise ApiError("seed must be true or false")
         seed = self.config.seed and wanted
+        options = fetch_options(args)  # keep_key, path: node/daemon/tree_routes.py
         await self._check_room()
         progress = self.fetching.setdefault(link.root, [0, 0])
         progress[1] += 1
@@ -233,7 +238,7 @@ class Control:
 
         try:
             report = await netget.fetch_link(
-                self.host, self.dht, self.repo, link, announce=seed, pin=wanted, on_bytes=stored
+                self.host, self.dht, self.repo, link, announce=seed, pin=wanted, on_bytes=stored, **options
             )
         finally:
             progress[1] -= 1

@@ -38,7 +38,7 @@ from node.store.errors import NotFoundError
 from node.store.lease import Lease
 from node.store.pin_tree import pin_fetched
 from node.store.repo import Repo
-from node.store.tree_walk import Frontier
+from node.store.tree_walk import Frontier, Selection
 from protocol.errors import ProtocolError
 from protocol.link import ShareLink
 
@@ -76,8 +76,16 @@ async def fetch_link(
     pin: bool = True,
     find_timeout: float = FIND_TIMEOUT,
     on_bytes: Callable[[int], None] | None = None,
+    keep_key: bool = True,
+    path: tuple[str, ...] | None = None,
+    data: bool = True,
 ) -> FetchReport:
     """Make every block of ``link``'s tree present in ``repo`` and, with ``pin``, pin it.
+
+    ``keep_key``: the pin keeps the link's key (``get --no-keep-key`` says no). ``path``: only the
+    folders on the way to that entry and its subtree (``get LINK PATH``); ``data=False``: the metadata
+    only (``ls LINK``). Either leaves the tree incomplete: it is neither pinned nor announced, and its
+    blocks stay unpinned for a later whole get (node/store/tree_walk.py's Selection).
 
     ``on_bytes(n)``, if given, is called as each block of ``n`` bytes is stored (for a progress bar).
 
@@ -86,8 +94,21 @@ async def fetch_link(
     fetching, like a BitTorrent peer). Without ``pin`` the blocks stay unpinned: gc may remove them
     and the reprovider does not announce them (``get --no-seed``).
     """
+    selection = Selection(path or (), data)
+    pinned = (pin and selection.whole, keep_key)
     with repo.lease() as lease:
-        return await _fetch_leased(host, dht, repo, link, lease, announce, pin, find_timeout, on_bytes)
+        return await _fetch_leased(
+            host,
+            dht,
+            repo,
+            link,
+            lease,
+            announce and selection.whole,
+            pinned,
+            find_timeout,
+            on_bytes,
+            selection,
+        )
 
 
 async def _fetch_leased(
@@ -97,9 +118,10 @@ async def _fetch_leased(
     link: ShareLink,
     lease: Lease,
     announce: bool,
-    pin: bool,
+    pinned: tuple[bool, bool],  # (pin, keep_key)
     find_timeout: float,
     on_bytes: Callable[[int], None] | None,
+    selection: Selection,
 ) -> FetchReport:
     # The walk leases each block it finds held as it finds it, but a gc that read the leases just
     # before may still delete one in between. The pin reads every block back and says so
@@ -108,14 +130,15 @@ async def _fetch_leased(
     report = FetchReport(link.root, 0)
     second = False
     while True:
-        frontier = Frontier(repo.blocks, link, lease.add)
+        frontier = Frontier(repo.blocks, link, lease.add, selection)
         missing = await trio.to_thread.run_sync(next_round, frontier, lease)
         if missing:
             await rounds(frontier, missing, report, announce=announce and not second)
+        pin, keep_key = pinned
         if not pin:
             return report
         try:
-            await trio.to_thread.run_sync(pin_fetched, repo, link)
+            await trio.to_thread.run_sync(functools.partial(pin_fetched, repo, link, keep_key=keep_key))
         except NotFoundError:
             if second:
                 raise
@@ -280,6 +303,9 @@ def get_from_network(
     bootstrap: Sequence[str] = (),
     pin: bool = True,
     on_bytes: Callable[[int], None] | None = None,
+    keep_key: bool = True,
+    path: tuple[str, ...] | None = None,
+    data: bool = True,
 ) -> FetchReport:
     """Fetch ``link`` into ``repo`` with a temporary node (no daemon runs): a host on loopback with a
     fresh identity, the DHT bootstrapped from ``bootstrap``, the link's peer hints. It does not announce
@@ -296,6 +322,17 @@ def get_from_network(
                         " answered, and the link has no peer hints"
                     )
                 routing = None  # the link's peer hints alone
-            return await fetch_link(host, routing, repo, link, announce=False, pin=pin, on_bytes=on_bytes)
+            return await fetch_link(
+                host,
+                routing,
+                repo,
+                link,
+                announce=False,
+                pin=pin,
+                on_bytes=on_bytes,
+                keep_key=keep_key,
+                path=path,
+                data=data,
+            )
 
     return trio.run(run)
