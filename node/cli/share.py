@@ -158,7 +158,8 @@ def _link_arg(args: argparse.Namespace) -> str:
     positional argument is the PATH)."""
     if args.link_file is not None and args.link is not None and args.path is None:
         args.link, args.path = None, args.link
-    if (args.link is None) == (args.link_file is None):
+    two = args.path is not None and args.path.strip().startswith(SCHEME)  # never echoed as a PATH
+    if two or (args.link is None) == (args.link_file is None):
         raise SecretInputError("get needs one link: LINK, '-' to read it from stdin, or --link-file FILE")
     if args.link_file is not None:
         return read_link(args.link_file)
