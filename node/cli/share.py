@@ -20,6 +20,7 @@ from node.files.add import add_path, scan_size
 from node.files.errors import DestinationError
 from node.files.get import GetResult, check_output, get_link, stream_link
 from node.store.errors import NotFoundError
+from node.store.pin_tree import remember_key
 from node.store.repo import Repo
 from protocol.cid import cid_to_text
 from protocol.errors import LinkError
@@ -187,6 +188,8 @@ def cmd_get(args: argparse.Namespace) -> None:
         except NotFoundError:  # a block under the root is missing (e.g. an interrupted fetch)
             _fetch_from_network(args, repo, link)
             result = _get_local(args, repo, link)
+    if not args.entry and not args.no_keep_key:
+        remember_key(repo, link)  # a root fetched before without its key, held whole: keep it now
     if to_stdout:
         return  # stdout holds the file, and nothing else
     data = {

@@ -26,6 +26,15 @@ def pin_fetched(repo: Repo, link: ShareLink, *, keep_key: bool = True) -> Pin:
         return _pin_fetched(repo, link, link.key if keep_key else None)
 
 
+def remember_key(repo: Repo, link: ShareLink) -> None:
+    """A get of a whole tree the repo held already (no fetch, so no :func:`pin_fetched`): its pin, if it
+    keeps no key, is given the link's key, which the get just opened the tree with."""
+    with repo.lock(), contextlib.suppress(NotFoundError):
+        pin = repo.read_pin(link.root)
+        if pin.key is None:
+            repo.set_key(pin, link.key)
+
+
 def _pin_fetched(repo: Repo, link: ShareLink, key: bytes | None) -> Pin:
     with contextlib.suppress(NotFoundError):
         pin = repo.read_pin(link.root)

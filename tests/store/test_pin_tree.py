@@ -12,7 +12,7 @@ import pytest
 from node.files.add import add_path
 from node.files.get import get_link, stream_link
 from node.files.listing import list_tree, root_name
-from node.store.pin_tree import pin_fetched
+from node.store.pin_tree import pin_fetched, remember_key
 from node.store.repo import Repo
 from node.store.tree_walk import WHOLE, Frontier, Selection
 from protocol.link import ShareLink
@@ -70,6 +70,13 @@ def test_a_fetched_root_keeps_its_key_unless_told_not_to(
     assert pin_fetched(bare, link, keep_key=False).key == link.key
     # the repo an add made keeps its own pin as it was
     assert pin_fetched(source, link) == source.read_pin(link.root)
+    # a get that found the whole tree held (no fetch, no pin_fetched) keeps the key too
+    other = Repo.open(tmp_path / "other")
+    fetch_into(source, other, link)
+    pin_fetched(other, link, keep_key=False)
+    remember_key(other, link)
+    assert other.read_pin(link.root).key == link.key
+    remember_key(Repo.open(tmp_path / "none"), link)  # nothing pinned: nothing to do
 
 
 def test_a_selection_fetches_only_the_folders_on_its_way_and_its_entry(
