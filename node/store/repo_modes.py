@@ -31,8 +31,8 @@ def loose_modes(root: Path) -> list[str]:
     files += sorted(pins.glob("*.pin")) if pins.is_dir() else []
     loose = [path for path in files if (mode := _mode(path)) is not None and mode & OTHERS]
     for path in loose[:5]:
-        shown = path.relative_to(root)
-        notes.append(f"{shown} (it may hold a key) is open to other users: run 'chmod 600 {path}'")
+        relative = path.relative_to(root)
+        notes.append(f"{relative} (it may hold a key) is open to other users: run 'chmod 600 {path}'")
     if len(loose) > 5:
         notes.append(f"... and {len(loose) - 5} more key-bearing file(s) others may read")
     return notes
