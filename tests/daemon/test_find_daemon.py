@@ -10,7 +10,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from node.daemon.api_client import ApiClient
+from node.daemon.errors import ApiError
 from node.store.repo import Repo
 from protocol.cid import cid_to_text
 from protocol.link import parse_link
@@ -112,4 +115,16 @@ def test_fetched_roots_keep_their_key_and_a_path_or_a_listing_fetches_only_its_p
     (bare,) = ApiClient(fifth).call("GET", "/v1/ls")["pins"]
     assert (bare["root_name"], bare["key_kept"]) == (None, False)
     assert "key_kept" in ApiClient(second).call("GET", "/v1/ls")["pins"][0]
+    # the API's fields, checked: a bad path or keep_key is refused with one line
+    api = ApiClient(fifth)
+    listed = api.call("POST", "/v1/tree", {"link": link})
+    assert listed == json.loads(ok(run_cli("--repo", second, "ls", link, "--json")))
+    for body, error in (
+        ({"path": "sub"}, "path must be a list"),
+        ({"path": [1]}, "path must be a list"),
+        ({"path": [".."]}, "unsafe name"),
+        ({"keep_key": "no"}, "keep_key must be true or false"),
+    ):
+        with pytest.raises(ApiError, match=error):
+            api.call("POST", "/v1/fetch", {"link": link, **body})
     assert a.stop() == 0 and b.stop() == 0 and e.stop() == 0
