@@ -13,7 +13,7 @@ from node.errors import NodeError
 from node.store.errors import NotFoundError
 from node.store.repo import Pin, Repo
 from protocol.cid import cid_to_text
-from protocol.errors import ProtocolError
+from protocol.errors import LinkError, ProtocolError
 from protocol.link import ShareLink
 from protocol.manifest import open_node
 from protocol.walk import Enter, Exit, TreeWalk
@@ -73,6 +73,8 @@ def list_tree(repo: Repo, link: ShareLink) -> TreeListing:
     except NotFoundError:
         raise NotFoundError(f"the metadata of {cid_to_text(link.root)} is not all in this repo") from None
     assert root is not None
+    if link.size is not None and link.size != total:
+        raise LinkError("the link's size does not match the content: the link is wrong")
     return TreeListing(root.info.name, root.info.node.kind, total, entries)
 
 

@@ -3,6 +3,7 @@ Selection): the key of a fetched root unless told not to, and only the part of a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from node.files.listing import list_tree, root_name
 from node.store.pin_tree import pin_fetched, remember_key
 from node.store.repo import Repo
 from node.store.tree_walk import WHOLE, Frontier, Selection
+from protocol.errors import LinkError
 from protocol.link import ShareLink
 from tests.helpers import SMALL_CHUNK, block_set
 
@@ -99,6 +101,8 @@ def test_a_selection_fetches_only_the_folders_on_its_way_and_its_entry(
     assert copied < whole // 20
     listing = list_tree(meta, link)
     assert (listing.name, listing.kind, listing.size) == ("photos", "dir", (1 << 20) + 15 + 10)
+    with pytest.raises(LinkError, match="size does not match"):
+        list_tree(meta, dataclasses.replace(link, size=listing.size + 1))
     rows = [(e.path, e.kind, e.size, e.executable) for e in listing.entries]
     assert rows == [
         ("big.bin", "file", 1 << 20, False),
