@@ -15,6 +15,12 @@ the tree holds: :class:`Enter` and :class:`Exit` around each node, :class:`Leave
 data blocks (never read by the walk), :class:`Ahead` for a listing block needed once those before it
 are read. Without defers the steps come in pre-order, entries in name order and a file's leaves in
 order, which is what writing a tree out takes; with defers, only the rules hold, not the order.
+
+A walk may be narrowed (specs/format.md, "Selecting a path"): ``select`` names one entry inside the tree by
+its path components, each matched exactly against the names the listings hold (no normalization or case
+folding); only the directories along that path (their node, index and listing blocks) and the selected
+node's subtree are walked, and :attr:`TreeWalk.selected` is that node once found. ``data=False`` leaves
+files' block trees out (neither index blocks nor leaves): the walk of a listing, which reads metadata only.
 Memory stays bounded by the tree's shape (index blocks are opened as the walk reaches them), not its size.
 """
 
@@ -167,12 +173,17 @@ def iter_leaves(
 class TreeWalk:
     """The walk of the tree under ``root``, opened with ``master`` (see the module's docstring)."""
 
-    def __init__(self, master: bytes, root: bytes) -> None:
+    def __init__(
+        self, master: bytes, root: bytes, *, select: tuple[str, ...] = (), data: bool = True
+    ) -> None:
         self._master = master
         self._stack: list[_Task | Enter | Exit | Leaves] = [_NodeBlock(root, 0, 0, None)]
         self._current: _Task | None = None
         self._parked: dict[bytes, list[_Task]] = {}
         self._numbers: set[int] = {0}
+        self._select = select
+        self._data = data
+        self.selected: NodeInfo | None = None  # the node ``select`` names, once the walk opened it
 
     @property
     def done(self) -> bool:
@@ -241,17 +252,21 @@ class TreeWalk:
         assert name is not None  # decode_node(root=True) checks it
         info = NodeInfo(task.number, task.depth, name, node, keys)
         stream = _Stream(info, node.counts(), fanout(node.chunk_size))
+        if task.depth == len(self._select):
+            self.selected = info
         if node.kind == "dir":
             stream.decoder = EntryDecoder()
             if stream.counts[0] == 0:
                 stream.decoder.finish()
         self._stack.append(Exit(info))
-        if node.level == 0:
-            self._push_items(stream, 0, list(node.top))
-        else:
-            self._stack.extend(
-                _Index(cid, stream, node.level, i) for i, cid in reversed(list(enumerate(node.top)))
-            )
+        # a file's data is left out of a listing, and of a path that goes on through the file
+        if node.kind == "dir" or (self._data and task.depth >= len(self._select)):
+            if node.level == 0:
+                self._push_items(stream, 0, list(node.top))
+            else:
+                self._stack.extend(
+                    _Index(cid, stream, node.level, i) for i, cid in reversed(list(enumerate(node.top)))
+                )
         self._stack.append(Enter(info))
 
     def _open_index(self, task: _Index, block: bytes) -> None:
@@ -280,12 +295,15 @@ class TreeWalk:
         assert s.decoder is not None
         plain = open_content(info.keys.data, info.node, task.position, task.cid, block)
         children = []
+        wanted = self._select[info.depth] if info.depth < len(self._select) else None
         for entry in s.decoder.feed(plain):
             if info.depth + 1 > MAX_DEPTH:
                 raise ManifestError("directory tree is nested too deeply")
             if entry.number in self._numbers or len(self._numbers) >= MAX_NODES:
                 raise ManifestError("manifest reuses a node number or holds too many entries")
             self._numbers.add(entry.number)
+            if wanted is not None and entry.name != wanted:
+                continue  # off the selected path: neither walked nor fetched
             children.append(_NodeBlock(entry.cid, entry.number, info.depth + 1, entry.name))
         s.next += 1
         if s.next == s.counts[0]:

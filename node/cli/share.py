@@ -11,19 +11,24 @@ from node.cli.common import daemon, open_repo, warn
 from node.cli.output import Interrupted, Output, fetch_status, human, progress_bar
 from node.cli.secrets import STDIN, SecretInputError, read_link, read_name
 from node.cli.through_daemon import daemon_add, daemon_fetch, detach_fetch
+from node.cli.trees import entry_path, fetch_keywords
 from node.daemon.api_client import NoDaemon
 from node.daemon.config_file import storage_limit
 from node.daemon.errors import DaemonError
 from node.daemon.views import add_json
 from node.files.add import add_path, scan_size
-from node.files.get import GetResult, get_link
+from node.files.errors import DestinationError
+from node.files.get import GetResult, check_output, get_link, stream_link
 from node.net.progress import FetchProgress
 from node.store.errors import NotFoundError
+from node.store.pin_tree import remember_key
 from node.store.repo import Repo
 from protocol.cid import cid_to_text
 from protocol.errors import LinkError
 from protocol.link import SCHEME, ShareLink, parse_link
 from protocol.manifest import DEFAULT_CHUNK
+
+STDOUT = "-"  # get -o -
 
 
 def _chunk_size(text: str) -> int:
@@ -59,15 +64,45 @@ def register(
     add.add_argument("--chunk-size", type=_chunk_size, default=DEFAULT_CHUNK, help=argparse.SUPPRESS)
     add.set_defaults(func=cmd_add)
 
-    get = sub.add_parser("get", parents=[common], help="rebuild a file or folder from its share link")
+    _register_get(sub, common)
+
+
+def _register_get(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """``get``'s arguments."""
+    get = sub.add_parser(
+        "get",
+        parents=[common],
+        help="rebuild a file or folder from its share link",
+        description="Rebuild a file or folder from its share link, fetching what the repo lacks. With"
+        " PATH, only that file or subfolder of a shared folder is fetched and written; such a partial"
+        " get pins nothing (the tree is incomplete): its blocks stay in the repo, unpinned, for a later"
+        " whole get (gc may remove them). 'sealbox ls LINK' lists the paths a folder holds.",
+    )
     get.add_argument(
         "link",
         nargs="?",
         help="a sealbox:?... share link, or - to read it from stdin (safer: other local users see argv)",
     )
+    get.add_argument(
+        "path",
+        nargs="?",
+        metavar="PATH",
+        help="one entry inside a shared folder (a/b.txt, names exactly as 'ls LINK' shows them)",
+    )
     get.add_argument("--link-file", metavar="FILE", help="read the link from FILE, out of the process list")
     get.add_argument(
-        "-o", "--output", help="destination path (default: ./NAME; into DEST/NAME if DEST is a folder)"
+        "-o",
+        "--output",
+        help="destination path (default: ./NAME; into DEST/NAME if DEST is a folder; the folder must"
+        " exist); '-' writes a file to stdout (not with --json)",
+    )
+    get.add_argument(
+        "--no-keep-key",
+        action="store_true",
+        help="do not keep the link's key in the pin (then 'ls' shows no name and 'link' cannot print it"
+        " again; whoever reads the repo then reads only blocks)",
     )
     get.add_argument(
         "--bootstrap",
@@ -126,8 +161,12 @@ def cmd_add(args: argparse.Namespace) -> None:
 
 
 def _link_arg(args: argparse.Namespace) -> str:
-    """The link ``get`` was given: as LINK, on stdin (``-``) or in ``--link-file``."""
-    if (args.link is None) == (args.link_file is None):
+    """The link ``get`` was given: as LINK, on stdin (``-``) or in ``--link-file`` (then a lone
+    positional argument is the PATH)."""
+    if args.link_file is not None and args.link is not None and args.path is None:
+        args.link, args.path = None, args.link
+    two = args.path is not None and args.path.strip().startswith(SCHEME)  # never echoed as a PATH
+    if two or (args.link is None) == (args.link_file is None):
         raise SecretInputError("get needs one link: LINK, '-' to read it from stdin, or --link-file FILE")
     if args.link_file is not None:
         return read_link(args.link_file)
@@ -136,9 +175,15 @@ def _link_arg(args: argparse.Namespace) -> str:
 
 def cmd_get(args: argparse.Namespace) -> None:
     text = _link_arg(args)
+    to_stdout = args.output == STDOUT
+    if to_stdout and args.json:
+        raise DestinationError("--json cannot go with -o -: stdout carries the file")
     if not text.strip().startswith(SCHEME):
         raise LinkError("get needs a share link (sealbox:?...): a root alone does not carry the key")
     link = parse_link(text)
+    args.entry = entry_path(args.path)  # read by fetch_keywords / fetch_fields (node/cli/trees.py)
+    if args.output is not None and not to_stdout:
+        check_output(args.output)  # a missing folder is said now, not after the fetch
     if args.detach:
         detach_fetch(args, link)
         return
@@ -152,6 +197,10 @@ def cmd_get(args: argparse.Namespace) -> None:
         except NotFoundError:  # a block under the root is missing (e.g. an interrupted fetch)
             _fetch_from_network(args, repo, link)
             result = _get_local(args, repo, link)
+    if not args.entry and not args.no_keep_key:
+        remember_key(repo, link)  # a root fetched before without its key, held whole: keep it now
+    if to_stdout:
+        return  # stdout holds the file, and nothing else
     data = {
         "root": cid_to_text(link.root),
         "path": str(result.path),
@@ -163,8 +212,12 @@ def cmd_get(args: argparse.Namespace) -> None:
 
 
 def _get_local(args: argparse.Namespace, repo: Repo, link: ShareLink) -> GetResult:
-    with progress_bar(args, link.size, "opening") as advance:
-        return get_link(repo, link, Path(args.output) if args.output else None, progress=advance)
+    total = None if args.entry else link.size
+    with progress_bar(args, total, "opening") as advance:
+        if args.output == STDOUT:
+            return stream_link(repo, link, sys.stdout.buffer, path=args.entry, progress=advance)
+        dest = Path(args.output) if args.output else None
+        return get_link(repo, link, dest, path=args.entry, progress=advance)
 
 
 def _fetch_from_network(args: argparse.Namespace, repo: Repo, link: ShareLink) -> None:
@@ -192,7 +245,14 @@ def _fetch_from_network(args: argparse.Namespace, repo: Repo, link: ShareLink) -
     progress = FetchProgress()
     with fetch_status(args, link, progress):
         try:
-            netget.get_from_network(repo, link, bootstrap=bootstrap, pin=not args.no_seed, progress=progress)
+            netget.get_from_network(
+                repo,
+                link,
+                bootstrap=bootstrap,
+                pin=not args.no_seed,
+                progress=progress,
+                **fetch_keywords(args),
+            )
         except KeyboardInterrupt:
             raise Interrupted(_stopped_line(progress)) from None
 

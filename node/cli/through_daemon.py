@@ -16,6 +16,7 @@ from typing import Any
 
 from node.cli.common import daemon, warn
 from node.cli.output import Interrupted, Output, add_bar, fetch_status, human
+from node.cli.trees import fetch_fields
 from node.daemon.api_client import ApiClient, NoDaemon
 from node.daemon.errors import ApiError, DaemonError
 from node.errors import NodeError
@@ -40,14 +41,14 @@ def daemon_add(args: argparse.Namespace, daemon: ApiClient, request: dict[str, A
 
 def daemon_fetch(args: argparse.Namespace, daemon: ApiClient, link: ShareLink) -> None:
     """Ask the daemon to fetch ``link``, drawing its progress on a terminal."""
-    body = {"link": str(link), "seed": not args.no_seed}
+    body = {"link": str(link), "seed": not args.no_seed, **fetch_fields(args)}  # keep_key, path
     with fetch_status(args, link) as show:
         _follow(daemon, "/v1/fetch", body, show, _fetch_interrupted)
 
 
 def detach_fetch(args: argparse.Namespace, link: ShareLink) -> None:
     """``get --detach``: the daemon fetches ``link`` on its own; print the transfer's id at once."""
-    body = {"link": str(link), "seed": not args.no_seed, "detach": True}
+    body = {"link": str(link), "seed": not args.no_seed, "detach": True, **fetch_fields(args)}
     try:
         data = daemon(args).call("POST", "/v1/fetch", body)
     except NoDaemon:

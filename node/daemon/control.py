@@ -7,10 +7,12 @@
   dial (``0.0.0.0`` expanded into this machine's interface addresses; node/net/addresses.py)
 - ``GET /v1/ls`` -> ``{pins: [what ls --json prints for each pin], damaged: [one line per damaged pin]}``
 - ``POST /v1/rm {roots: [root CID text]}`` -> ``{unpinned: [root CID text]}``
+- ``POST /v1/tree {link}`` -> what ``ls LINK --json`` prints (node/daemon/tree_routes.py)
 - ``POST /v1/gc {}`` -> ``{blocks_removed, bytes_freed}``: gc in the daemon, where it is safe against the
   daemon's own fetches and serving (``Repo.gc``); ``sealbox gc`` comes here while a daemon runs
 - ``POST /v1/add``, ``POST /v1/fetch``, ``GET /v1/transfers``, ``POST /v1/transfers/cancel``, ``GET
-  /v1/fetching``: the transfers, in ``node/daemon/transfers.py`` (whose docstring lists them)
+  /v1/fetching``: the transfers, in ``node/daemon/transfers.py`` (whose docstring lists them); a fetch's
+  ``keep_key`` and ``path`` fields: see node/daemon/tree_routes.py
 
 Errors are ``{"error": "one line"}`` with 400 (bad request), 401 (token), 404 (not found / no such
 endpoint), 405, 408, 409 (a cancelled transfer), 413, 502 (network), 503 (all request slots busy), 507
@@ -36,7 +38,8 @@ from node.daemon.api import Routes
 from node.daemon.config import Config
 from node.daemon.errors import ApiError
 from node.daemon.transfers import Transfers
-from node.daemon.views import iso_time, pin_json
+from node.daemon.tree_routes import tree_route
+from node.daemon.views import iso_time, listed_pins
 from node.net.addresses import address_report
 from node.net.dht import Dht
 from node.net.errors import NetworkError
@@ -94,6 +97,7 @@ class Control:
             ("GET", "/v1/ls"): self.ls,
             ("POST", "/v1/rm"): self.rm,
             ("POST", "/v1/gc"): self.gc,
+            ("POST", "/v1/tree"): tree_route(self.repo, self.host, self.dht),
         } | dict(self.transfers.routes())
 
     async def status(self, _args: dict[str, Any]) -> dict[str, Any]:
@@ -178,8 +182,8 @@ class Control:
 
     async def ls(self, _args: dict[str, Any]) -> dict[str, Any]:
         damaged: list[str] = []
-        pins = await trio.to_thread.run_sync(partial(self.repo.pins, on_damaged=damaged.append))
-        return {"pins": [pin_json(p) for p in pins], "damaged": damaged}
+        pins = await trio.to_thread.run_sync(partial(listed_pins, self.repo, damaged.append))
+        return {"pins": pins, "damaged": damaged}
 
     async def rm(self, args: dict[str, Any]) -> dict[str, Any]:
         roots = args.get("roots")

@@ -39,6 +39,7 @@ from node.daemon.api import Routes
 from node.daemon.api_stream import Channel, Streaming
 from node.daemon.errors import ApiError
 from node.daemon.transfer_state import Registry, Transfer, check_id
+from node.daemon.tree_routes import fetch_options
 from node.daemon.views import add_json
 from node.errors import NodeError
 from node.files.add import add_path, scan_size
@@ -117,9 +118,10 @@ class Transfers:
         link = parse_link(_text(args, "link"))
         wanted = _flag(args, "seed", default=True)
         detach = _flag(args, "detach")
+        options = fetch_options(args)  # keep_key, path: node/daemon/tree_routes.py
         await self.control.check_room()
         transfer = self.registry.new("fetch", name=link.name, root=link.root)
-        work = partial(self._fetch, transfer, link, wanted)
+        work = partial(self._fetch, transfer, link, wanted, options)
         if detach:
             self.control.nursery.start_soon(self._detached, transfer, work)
             return {"id": transfer.id, "root": cid_to_text(link.root), "detached": True}
@@ -153,7 +155,9 @@ class Transfers:
         except Exception:  # the daemon goes on; logged in full
             log.exception("transfer %s (a detached fetch) failed", transfer.id)
 
-    async def _fetch(self, transfer: Transfer, link: ShareLink, wanted: bool) -> dict[str, Any]:
+    async def _fetch(
+        self, transfer: Transfer, link: ShareLink, wanted: bool, options: dict[str, Any]
+    ) -> dict[str, Any]:
         control = self.control
         seed = control.config.seed and wanted
         try:
@@ -165,6 +169,7 @@ class Transfers:
                 announce=seed,
                 pin=wanted,
                 progress=transfer.progress,
+                **options,
             )
         except BaseException:
             transfer.pinned = await self._forget(link.root)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from node.files.add import AddResult
-from node.store.repo import Pin
+from node.files.listing import TreeListing, root_name
+from node.store.repo import Pin, Repo
 from protocol.cid import cid_to_text
 
 
@@ -23,6 +25,29 @@ def pin_json(pin: Pin) -> dict[str, Any]:
         "blocks": pin.blocks,
         "stored_bytes": pin.stored,
         "added": iso_time(pin.added),
+    }
+
+
+def listed_pins(repo: Repo, on_damaged: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """What ``ls --json`` prints (and ``GET /v1/ls`` answers): each pin, with the name sealed in its
+    root (``root_name``, opened with the key the pin keeps; None without one) and whether the pin keeps
+    the key (``key_kept``). The key itself never appears."""
+    return [
+        pin_json(pin) | {"root_name": root_name(repo, pin), "key_kept": pin.key is not None}
+        for pin in repo.pins(on_damaged=on_damaged)
+    ]
+
+
+def tree_json(listing: TreeListing) -> dict[str, Any]:
+    """What ``ls LINK --json`` prints (and ``POST /v1/tree`` answers)."""
+    return {
+        "name": listing.name,
+        "kind": listing.kind,
+        "size": listing.size,
+        "entries": [
+            {"path": e.path, "kind": e.kind, "size": e.size, "executable": e.executable}
+            for e in listing.entries
+        ],
     }
 
 

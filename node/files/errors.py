@@ -13,3 +13,7 @@ class InputError(FilesError):
 
 class DestinationError(FilesError):
     """``get`` cannot write where it was asked to."""
+
+
+class NoEntryError(FilesError):
+    """A path asked of a shared folder names no entry in it (``get LINK PATH``)."""

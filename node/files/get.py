@@ -5,6 +5,10 @@ opened without hashing them again (``verified=True``; AES-GCM still refuses any 
 under a temp name beside the destination and renamed into place only when complete and fsynced, so an
 interrupted or refused get leaves nothing half-written. Names come from the (untrusted)
 manifest and are checked by ``protocol.names``; nothing is ever written outside the destination.
+
+``path`` narrows a get to one entry inside a shared folder (specs/format.md, "Selecting a path"): only
+the folders on the way there and that entry's blocks are read. :func:`stream_link` writes one file to
+a stream (``get -o -``) instead of a destination.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from node.files.direct import DirectWriter
-from node.files.errors import DestinationError
+from node.files.errors import DestinationError, NoEntryError
 from node.files.fingerprint import DirDigest, FileDigest, add_digest, chunk_digest
 from node.files.pool import worker_pool
 from node.store.blockstore import BlockStore, Location
@@ -72,15 +77,22 @@ class _Getter:
     def fetch(self, cid: bytes, where: Location | None = None) -> bytes:
         return self.store.get(cid, verify=False, where=where)
 
-    def walk(self, root: bytes) -> tuple[NodeInfo, Steps]:
-        """The walk of the tree (protocol/walk.py), its metadata read from the repo, and its root."""
-        steps = TreeWalk(self.key, root).steps(self.fetch)
+    def walk(self, root: bytes, path: tuple[str, ...] = ()) -> tuple[NodeInfo, Steps]:
+        """The walk of the tree (protocol/walk.py), its metadata read from the repo, up to the Enter of
+        the node ``path`` names (the root without one): that node, and the steps that follow it."""
+        steps = TreeWalk(self.key, root, select=path).steps(self.fetch)
         try:
             first = next(steps)
         except NotFoundError:
             raise NotFoundError(f"{cid_to_text(root)} is not in this repo") from None
         assert isinstance(first, Enter)
-        return first.info, steps
+        if not path:
+            return first.info, steps
+        for step in steps:  # a NotFoundError here: a folder on the way is not fetched yet
+            if isinstance(step, Enter) and step.info.depth == len(path):
+                return step.info, steps
+        shown = "/".join(path)[:200]
+        raise NoEntryError(f"no entry {shown!r} in this folder; 'sealbox ls LINK' lists it")
 
     @staticmethod
     def _runs(steps: Steps) -> Iterator[Leaves]:
@@ -147,6 +159,8 @@ class _Getter:
             if isinstance(step, Exit):  # a directory's: a file's ends in _runs
                 fsync_dir(dirs[-1])
                 os.chmod(dirs.pop(), 0o777 & ~_umask())
+                if not dirs:  # the top one's: what follows closes the folders above a selected entry
+                    return
                 continue
             assert isinstance(step, Enter)
             info = step.info
@@ -204,6 +218,27 @@ def _umask() -> int:
     return mask
 
 
+def check_output(output: str) -> Path:
+    """``-o OUTPUT`` as a path, refused at once (before any fetch) when it cannot be written: its folder
+    does not exist, or it names a file that does. ``OUTPUT/`` must be an existing folder."""
+    dest = Path(output)
+    if dest.is_dir():
+        return dest
+    if output.endswith(os.sep):
+        raise DestinationError(f"no such folder: {dest}")
+    if os.path.lexists(dest):
+        raise DestinationError(f"{dest} already exists: choose another destination with -o")
+    _check_folder(dest.parent)
+    return dest
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise DestinationError(
+            f"{folder} is not a folder" if os.path.lexists(folder) else f"no such folder: {folder}"
+        )
+
+
 def resolve_destination(dest: Path | None, name: str) -> Path:
     """Where the output goes: DEST itself, DEST/name if DEST is a directory, or ./name without DEST."""
     if dest is None:
@@ -214,8 +249,7 @@ def resolve_destination(dest: Path | None, name: str) -> Path:
         final = dest
     if os.path.lexists(final):
         raise DestinationError(f"{final} already exists: choose another destination with -o")
-    if not final.parent.is_dir():
-        raise DestinationError(f"{final.parent} is not a directory")
+    _check_folder(final.parent)
     return final
 
 
@@ -224,10 +258,12 @@ def get_link(
     link: ShareLink,
     dest: Path | None,
     *,
+    path: tuple[str, ...] = (),
     progress: Progress = _ignore,
     workers: int | None = None,
 ) -> GetResult:
-    """Rebuild the file or tree ``link`` names from blocks in ``repo`` at ``dest``."""
+    """Rebuild the file or tree ``link`` names (or the entry ``path`` names in it) from blocks in
+    ``repo`` at ``dest``. NoEntryError if ``path`` names nothing in the tree."""
 
     with (
         repo.lock(),
@@ -235,12 +271,12 @@ def get_link(
         contextlib.closing(DirectWriter()) as out,
     ):
         getter = _Getter(repo.blocks, link.key, pool, out, progress)
-        root, steps = getter.walk(link.root)
+        root, steps = getter.walk(link.root, path)
         final = resolve_destination(dest, root.name)
         tmp = final.parent / temp_name("sealbox-get-")
         try:
             getter.write_tree(root, steps, tmp)
-            if link.size is not None and link.size != getter.size:
+            if link.size is not None and not path and link.size != getter.size:
                 raise LinkError("the link's size does not match the content: the link is wrong")
             _rename_no_replace(tmp, final)
             fsync_dir(final.parent)
@@ -255,6 +291,41 @@ def get_link(
                 else:
                     tmp.unlink()
         return GetResult(final, root.node.kind, getter.size, getter.files)
+
+
+def stream_link(
+    repo: Repo,
+    link: ShareLink,
+    out: BinaryIO,
+    *,
+    path: tuple[str, ...] = (),
+    progress: Progress = _ignore,
+) -> GetResult:
+    """Write the file ``link`` names (or the file ``path`` names in its folder) to ``out``, in order
+    (``get -o -``). A folder is refused before a byte is written: it has no single stream."""
+    with repo.lock(), worker_pool(_workers(), "open") as pool:
+        getter = _Getter(repo.blocks, link.key, pool, progress=progress)
+        info, steps = getter.walk(link.root, path)
+        if info.node.kind != "file":
+            raise DestinationError("a folder cannot go to stdout: give -o DIR")
+        _check_held(repo.blocks, getter._runs(getter.walk(link.root, path)[1]))  # a pass over metadata
+        if link.size is not None and not path and link.size != info.node.size:
+            raise LinkError("the link's size does not match the content: the link is wrong")
+        for content in getter.stream(info, getter._runs(steps)):
+            out.write(content)
+            progress(len(content))
+        out.flush()
+        return GetResult(Path("-"), "file", info.node.size, 1)
+
+
+def _check_held(store: BlockStore, runs: Iterator[Leaves]) -> None:
+    """NotFoundError unless every leaf of the runs is held: a stream cannot take back what it wrote, so
+    a missing block must be found (and fetched) before the first byte goes out."""
+    for run in runs:
+        for first in range(0, len(run.cids), LOCATE_AHEAD):
+            batch = run.cids[first : first + LOCATE_AHEAD]
+            if len(store.locate(batch)) < len(set(batch)):
+                raise NotFoundError("a block of the file is not in this repo")
 
 
 def _rename_no_replace(src: Path, dst: Path) -> None:

@@ -40,7 +40,7 @@ from node.store.errors import NotFoundError
 from node.store.lease import Lease
 from node.store.pin_tree import pin_fetched
 from node.store.repo import Repo
-from node.store.tree_walk import Frontier
+from node.store.tree_walk import Frontier, Selection
 from protocol.errors import ProtocolError
 from protocol.link import ShareLink
 
@@ -79,8 +79,16 @@ async def fetch_link(
     find_timeout: float = FIND_TIMEOUT,
     on_bytes: Callable[[int], None] | None = None,
     progress: FetchProgress | None = None,
+    keep_key: bool = True,
+    path: tuple[str, ...] | None = None,
+    data: bool = True,
 ) -> FetchReport:
     """Make every block of ``link``'s tree present in ``repo`` and, with ``pin``, pin it.
+
+    ``keep_key``: the pin keeps the link's key (``get --no-keep-key`` says no). ``path``: only the
+    folders on the way to that entry and its subtree (``get LINK PATH``); ``data=False``: the metadata
+    only (``ls LINK``). Either leaves the tree incomplete: it is neither pinned nor announced, and its
+    blocks stay unpinned for a later whole get (node/store/tree_walk.py's Selection).
 
     ``on_bytes(n)``, if given, is called as each block of ``n`` bytes is stored (for a progress bar).
 
@@ -91,11 +99,23 @@ async def fetch_link(
     and the reprovider does not announce them (``get --no-seed``). ``progress``, if given, is filled in
     as the fetch goes (node/net/progress.py says who writes which field).
     """
+    selection = Selection(path or (), data)
+    pinned = (pin and selection.whole, keep_key)
     if progress is not None:
         on_bytes = _counting(progress, on_bytes)
     with repo.lease() as lease:
         report = await _fetch_leased(
-            host, dht, repo, link, lease, announce, pin, find_timeout, on_bytes, progress
+            host,
+            dht,
+            repo,
+            link,
+            lease,
+            announce and selection.whole,
+            pinned,
+            find_timeout,
+            on_bytes,
+            selection,
+            progress,
         )
     if progress is not None:
         progress.enter("done")
@@ -120,9 +140,10 @@ async def _fetch_leased(
     link: ShareLink,
     lease: Lease,
     announce: bool,
-    pin: bool,
+    pinned: tuple[bool, bool],  # (pin, keep_key)
     find_timeout: float,
     on_bytes: Callable[[int], None] | None,
+    selection: Selection,
     progress: FetchProgress | None = None,
 ) -> FetchReport:
     # The walk leases each block it finds held as it finds it, but a gc that read the leases just
@@ -132,7 +153,7 @@ async def _fetch_leased(
     report = FetchReport(link.root, 0)
     second = False
     while True:
-        frontier = Frontier(repo.blocks, link, lease.add)
+        frontier = Frontier(repo.blocks, link, lease.add, selection)
         if progress is not None:
             progress.walk = frontier
         missing = await trio.to_thread.run_sync(next_round, frontier, lease)
@@ -140,12 +161,13 @@ async def _fetch_leased(
             if progress is not None and progress.phase == "starting":
                 progress.enter("looking")
             await rounds(frontier, missing, report, announce=announce and not second)
+        pin, keep_key = pinned
         if not pin:
             return report
         if progress is not None:
             progress.enter("pinning")
         try:
-            await trio.to_thread.run_sync(pin_fetched, repo, link)
+            await trio.to_thread.run_sync(functools.partial(pin_fetched, repo, link, keep_key=keep_key))
         except NotFoundError:
             if second:
                 raise
@@ -283,6 +305,9 @@ def get_from_network(
     pin: bool = True,
     on_bytes: Callable[[int], None] | None = None,
     progress: FetchProgress | None = None,
+    keep_key: bool = True,
+    path: tuple[str, ...] | None = None,
+    data: bool = True,
 ) -> FetchReport:
     """Fetch ``link`` into ``repo`` with a temporary node (no daemon runs): a host on loopback with a
     fresh identity, the DHT bootstrapped from ``bootstrap``, the link's peer hints. It does not announce
@@ -300,7 +325,17 @@ def get_from_network(
                     )
                 routing = None  # the link's peer hints alone
             return await fetch_link(
-                host, routing, repo, link, announce=False, pin=pin, on_bytes=on_bytes, progress=progress
+                host,
+                routing,
+                repo,
+                link,
+                announce=False,
+                pin=pin,
+                on_bytes=on_bytes,
+                progress=progress,
+                keep_key=keep_key,
+                path=path,
+                data=data,
             )
 
     return trio.run(run)

@@ -44,7 +44,8 @@ _OPTIONAL = ("name", "key", "fingerprint")
 
 @dataclass(frozen=True)
 class Pin:
-    """A pinned root: what ``ls`` shows. ``key`` is kept only for roots this repo added."""
+    """A pinned root: what ``ls`` shows. ``key``: the link's master key, kept for roots this repo added
+    and for fetched roots unless the get said ``--no-keep-key``; None otherwise."""
 
     root: bytes
     kind: str

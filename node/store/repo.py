@@ -82,6 +82,7 @@ class Repo:
             if self.path.exists() and any(self.path.iterdir()):
                 raise RepoError(f"{self.path} exists, is not empty, and is not a sealbox repo")
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.path, 0o700)  # an empty folder made beforehand too: the repo is the user's own
             for sub in ("blocks", "pins", "adds", "tmp"):
                 (self.path / sub).mkdir(mode=0o700, exist_ok=True)
             self.blocks.create()
@@ -138,6 +139,10 @@ class Repo:
     def rename_pin(self, pin: Pin, name: str | None) -> Pin:
         """Give a pin a new display name (rewrites the pin atomically)."""
         return self._rewrite_pin(dataclasses.replace(pin, name=name))
+
+    def set_key(self, pin: Pin, key: bytes) -> Pin:
+        """Keep the key of a root fetched before without it (rewrites the pin atomically)."""
+        return self._rewrite_pin(dataclasses.replace(pin, key=key))
 
     def set_fingerprint(self, pin: Pin, fingerprint: bytes) -> Pin:
         """Record the fingerprint of an add made without one (rewrites the pin atomically). On a full

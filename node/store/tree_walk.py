@@ -5,7 +5,8 @@ looks again only at the blocks the last round asked for, resumes the parts of th
 walks on until it has a round's worth of missing blocks, so a whole fetch looks each block up about once
 (a walk from the root every round made a fetch quadratic in the size of the tree). ``repo repair``
 (node/store/reporepair.py) uses one to list a pin's blocks. :func:`read_tree` is the walk a fetch pins
-with: every block of a complete tree, read back once.
+with: every block of a complete tree, read back once. A :class:`Selection` narrows a fetch's walk to one
+path in the tree, or to its metadata (protocol/walk.py; specs/format.md, "Selecting a path").
 """
 
 from __future__ import annotations
@@ -43,6 +44,22 @@ class TreeSummary:
     size: int = 0
 
 
+@dataclass(frozen=True)
+class Selection:
+    """What a fetch walks of a tree: ``path`` (components inside it, matched exactly; empty: the root)
+    and, with ``data``, the files' data. Only a whole tree (:attr:`whole`) is pinned: a part is not."""
+
+    path: tuple[str, ...] = ()
+    data: bool = True
+
+    @property
+    def whole(self) -> bool:
+        return not self.path and self.data
+
+
+WHOLE = Selection()
+
+
 def _ignore(_: list[bytes]) -> None:
     pass
 
@@ -54,9 +71,15 @@ class Frontier:
     found held, once (a fetch leases them there: gc keeps them until it pins).
     """
 
-    def __init__(self, store: BlockSource, link: ShareLink, on_held: Held = _ignore) -> None:
+    def __init__(
+        self,
+        store: BlockSource,
+        link: ShareLink,
+        on_held: Held = _ignore,
+        selection: Selection = WHOLE,
+    ) -> None:
         self._store = store
-        self._walk = TreeWalk(link.key, link.root)
+        self._walk = TreeWalk(link.key, link.root, select=selection.path, data=selection.data)
         self._on_held = on_held
         self._asked: list[bytes] = []  # the last round's blocks: looked at again at the next
         self._queued: dict[bytes, None] = {}  # found missing, not asked for yet

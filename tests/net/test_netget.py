@@ -224,7 +224,9 @@ async def test_a_block_gc_removes_before_the_fetch_leases_it_is_fetched_again(
                 return add
 
             monkeypatch.setattr(
-                netget, "Frontier", lambda blocks, link, lease: Frontier(blocks, link, gc_first(lease))
+                netget,
+                "Frontier",
+                lambda blocks, link, lease, selection: Frontier(blocks, link, gc_first(lease), selection),
             )
             report = await fetch_link(fetcher.dht.host, None, fetcher.repo, link)
             assert freed and freed[0][0] > 40  # every block went

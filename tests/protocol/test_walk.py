@@ -225,3 +225,60 @@ def test_the_walk_refuses_to_be_driven_out_of_turn() -> None:
     assert isinstance(walk.next(), Need)
     with pytest.raises(RuntimeError):
         walk.next()
+
+
+# -- a narrowed walk: one path in the tree, or its metadata alone ----------------------------------------
+
+
+def test_a_selected_path_walks_only_the_folders_on_the_way_and_the_entry() -> None:
+    tree = sample()
+    master, root, blocks = sealed(tree)
+    whole, _ = drive_with_gaps(TreeWalk(master, root), blocks, set(blocks))
+    for select in (("b", "inner.txt"), ("b",), ("a.bin",)):
+        walk = TreeWalk(master, root, select=select)
+        named, _ = drive_with_gaps(walk, blocks, set(blocks))
+        assert walk.selected is not None and walk.selected.name == select[-1]
+        assert walk.selected.depth == len(select)
+        assert set(named) < set(whole) and len(named) == len(set(named))
+    # the big file's data is left out when another entry is asked for: a small part of the tree
+    walk = TreeWalk(master, root, select=("b", "inner.txt"))
+    named, _ = drive_with_gaps(walk, blocks, set(blocks))
+    assert len(named) < 12 < len(whole)
+    steps = list(TreeWalk(master, root, select=("b", "inner.txt")).steps(blocks.__getitem__))
+    assert [s.info.name for s in steps if isinstance(s, Enter)] == ["top", "b", "inner.txt"]
+    assert [s.info.name for s in steps if isinstance(s, Leaves)] == ["inner.txt"]
+
+
+def test_a_path_is_matched_exactly_and_one_that_is_not_there_selects_nothing() -> None:
+    master, root, blocks = sealed(Dir({"Caf\u00e9": File(b"x"), "f": File(b"data")}))
+    for select in (("cafe\u0301",), ("CAF\u00c9",), ("nope",), ("f", "below-a-file"), ("Caf\u00e9", "x")):
+        walk = TreeWalk(master, root, select=select)
+        list(walk.steps(blocks.__getitem__))
+        assert walk.selected is None, select
+        assert walk.done
+    walk = TreeWalk(master, root, select=("Caf\u00e9",))
+    assert [s.info.name for s in walk.steps(blocks.__getitem__) if isinstance(s, Leaves)] == ["Caf\u00e9"]
+    assert walk.selected is not None
+    # no path: the root is selected
+    walk = TreeWalk(master, root)
+    list(walk.steps(blocks.__getitem__))
+    assert walk.selected is not None and walk.selected.depth == 0
+
+
+def test_a_walk_without_data_reads_only_nodes_and_folder_listings() -> None:
+    tree = sample()
+    master, root, blocks = sealed(tree)
+    named = []
+
+    def fetch(cid: bytes) -> bytes:
+        named.append(cid)
+        return blocks[cid]
+
+    steps = list(TreeWalk(master, root, data=False).steps(fetch))
+    assert not [s for s in steps if isinstance(s, Leaves)]
+    sizes = {s.info.name: s.info.node.size for s in steps if isinstance(s, Enter)}
+    assert sizes.keys() == {"top", "a.bin", "b", "empty", "inner.txt", "c"}
+    assert (sizes["a.bin"], sizes["inner.txt"], sizes["c"]) == ((top_max(CS) + 40) * CS, 5, 0)
+    # six nodes and one listing block per folder (an empty folder's stream is padded to one block
+    # too), none of a.bin's index blocks
+    assert len(named) == len(set(named)) == 6 + 3
