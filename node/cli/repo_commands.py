@@ -7,22 +7,36 @@ from datetime import datetime
 
 from node.cli.common import daemon, open_repo, warn
 from node.cli.output import Output, human
-from node.cli.secrets import STDIN, SecretInputError, read_targets
+from node.cli.secrets import STDIN, SecretInputError, parse_cli_link, read_targets
 from node.daemon.api_client import NoDaemon
 from node.daemon.views import pin_json
 from node.store.errors import RepoDamagedError
 from protocol.cid import cid_from_text, cid_to_text
-from protocol.link import SCHEME, parse_link
+from protocol.link import SCHEME
 
 
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
     """``ls``, ``rm``, ``gc`` and ``repo``: what the repo holds, and its upkeep."""
-    ls = sub.add_parser("ls", parents=[common], help="list what this repo holds")
+    ls = sub.add_parser(
+        "ls",
+        parents=[common],
+        help="list what this repo holds",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="List the roots pinned in this repo: root, display name, size, date added.",
+        epilog="example:\n  sealbox ls --json",
+    )
     ls.set_defaults(func=cmd_ls)
 
-    rm = sub.add_parser("rm", parents=[common], help="unpin roots (their blocks go at the next gc)")
+    rm = sub.add_parser(
+        "rm",
+        parents=[common],
+        help="unpin roots (their blocks go at the next gc)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Unpin each root (given as a root or a share link); 'sealbox gc' then frees its blocks.",
+        epilog="examples:\n  sealbox rm bafkrei...\n  sealbox rm - < links.txt      # links out of argv",
+    )
     rm.add_argument("targets", nargs="*", metavar="LINK|ROOT", help="- reads them from stdin")
     rm.add_argument(
         "--link-file",
@@ -32,10 +46,26 @@ def register(
     )
     rm.set_defaults(func=cmd_rm)
 
-    gc = sub.add_parser("gc", parents=[common], help="remove blocks no pinned root needs")
+    gc = sub.add_parser(
+        "gc",
+        parents=[common],
+        help="remove blocks no pinned root needs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Delete every block no pin and no running fetch needs, after checking the index and the\n"
+        "pins (it deletes nothing if a check fails). Safe at any moment; through the daemon if one runs.",
+        epilog="example:\n  sealbox gc",
+    )
     gc.set_defaults(func=cmd_gc)
 
-    repo = sub.add_parser("repo", parents=[common], help="check or repair the block index and the pins")
+    repo = sub.add_parser(
+        "repo",
+        parents=[common],
+        help="check or repair the block index and the pins",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="check: report what is wrong with the block index and the pins, one line each.\n"
+        "repair (with the daemon stopped): rebuild the index from the packs and mend the pins.",
+        epilog="examples:\n  sealbox repo check --deep\n  sealbox repo repair",
+    )
     repo.add_argument("action", choices=["check", "repair"], help="check: report; repair: rebuild what fails")
     repo.add_argument("--deep", action="store_true", help="check: also read and hash every stored block")
     repo.set_defaults(func=cmd_repo)
@@ -59,7 +89,7 @@ def cmd_ls(args: argparse.Namespace) -> None:
 
 def _root_of(text: str) -> bytes:
     text = text.strip()
-    return parse_link(text).root if text.startswith(SCHEME) else cid_from_text(text)
+    return parse_cli_link(text, "rm").root if text.startswith(SCHEME) else cid_from_text(text)
 
 
 def cmd_rm(args: argparse.Namespace) -> None:

@@ -3,7 +3,8 @@
 - ``GET /v1/status`` -> ``{peer_id, addrs, peers, blocks, stored_bytes, storage_limit, roots,
   roots_announced, last_reprovide, seed}``
 - ``GET /v1/peers`` -> ``{peers: [{peer_id, addrs}]}``
-- ``POST /v1/add {path, name?, with_size?, peer_hints?}`` -> what ``add --json`` prints, plus ``warnings``
+- ``POST /v1/add {path, entry_name?, name?, with_size?, peer_hints?}`` or ``{paths, as_folder, ...}`` (one
+  folder of them all) -> what ``add --json`` prints, plus ``warnings``
 - ``GET /v1/ls`` -> ``{pins: [what ls --json prints for each pin], damaged: [one line per damaged pin]}``
 - ``POST /v1/rm {roots: [root CID text]}`` -> ``{unpinned: [root CID text]}``
 - ``POST /v1/fetch {link, seed?}`` -> ``{root, providers, rounds, blocks, bytes, pinned}``; with
@@ -38,7 +39,7 @@ from node.daemon.api import Routes
 from node.daemon.config import Config
 from node.daemon.errors import ApiError
 from node.daemon.views import add_json, iso_time, pin_json
-from node.files.add import add_path
+from node.files.add import MAX_ADD_PATHS, add_paths
 from node.net import netget
 from node.net.dht import Dht
 from node.net.errors import NetworkError
@@ -141,17 +142,24 @@ class Control:
         return {"peers": sorted(out, key=lambda p: str(p["peer_id"]))}
 
     async def add(self, args: dict[str, Any]) -> dict[str, Any]:
-        path = _text(args, "path")
-        if not Path(path).is_absolute():
-            raise ApiError("path must be absolute (the daemon does not share the client's directory)")
+        as_folder = _text(args, "as_folder", optional=True)
+        paths = _add_paths(args, several=as_folder is not None)
+        entry_name = _text(args, "entry_name", optional=True)
         name = _text(args, "name", optional=True)
         with_size = _flag(args, "with_size")
         hints = self.peer_hints() if _flag(args, "peer_hints") else ()
         await self._check_room()
         warnings: list[str] = []
-        result = await trio.to_thread.run_sync(
+        [result] = await trio.to_thread.run_sync(
             partial(
-                add_path, self.repo, Path(path), display_name=name, with_size=with_size, warn=warnings.append
+                add_paths,
+                self.repo,
+                paths,
+                as_folder=as_folder,
+                entry_name=entry_name,
+                display_name=name,
+                with_size=with_size,
+                warn=warnings.append,
             )
         )
         link = dataclasses.replace(result.link, peers=hints) if hints else result.link
@@ -282,6 +290,16 @@ def _text(args: dict[str, Any], name: str, *, optional: bool = False) -> Any:
     if not isinstance(value, str) or not value:
         raise ApiError(f"{name} must be a non-empty string")
     return value
+
+
+def _add_paths(args: dict[str, Any], *, several: bool) -> list[Path]:
+    """An add's ``path``, or with ``as_folder`` its ``paths`` (1 to MAX_ADD_PATHS), each absolute."""
+    paths = args.get("paths") if several else [_text(args, "path")]
+    if not isinstance(paths, list) or not 0 < len(paths) <= MAX_ADD_PATHS:
+        raise ApiError(f"paths must be a list of 1 to {MAX_ADD_PATHS} paths")
+    if not all(isinstance(p, str) and Path(p).is_absolute() for p in paths):
+        raise ApiError("path must be absolute (the daemon does not share the client's directory)")
+    return [Path(p) for p in paths]
 
 
 def _flag(args: dict[str, Any], name: str) -> bool:
