@@ -18,6 +18,7 @@ from node.daemon.config_file import storage_limit
 from node.daemon.errors import DaemonError
 from node.daemon.views import add_json
 from node.files.add import add_path
+from node.files.errors import InputError
 from node.files.get import GetResult, get_link
 from node.files.inputs import Folder, scan_size
 from node.store.errors import NotFoundError
@@ -137,14 +138,22 @@ def cmd_add(args: argparse.Namespace) -> None:
             Output(args).emit(*_add_one(args, [spool], entry_name=args.name))
         return
     paths = [Path(os.path.abspath(p)) for p in args.paths]
-    if args.as_folder is not None:
+    if args.as_folder is not None or len(paths) == 1:
         Output(args).emit(*_add_one(args, paths))
         return
-    added = [_add_one(args, [path]) for path in paths]
-    if len(added) == 1:
-        Output(args).emit(*added[0])
-    else:
-        Output(args).emit([data for data, _ in added], "\n".join(link for _, link in added))
+    if args.name is not None:
+        raise CliError("--name names one root: add the paths one at a time, or --as-folder NAME")
+    for path in paths:  # refuse a missing path before adding any
+        if not os.path.lexists(path):
+            raise InputError(f"no such file or directory: {path}")
+    added = []
+    for path in paths:
+        data, link = _add_one(args, [path])
+        if not args.json:
+            print(link, flush=True)  # each link as soon as it exists: a later failure keeps it seen
+        added.append(data)
+    if args.json:
+        Output(args).emit(added, None)
 
 
 def _add_one(

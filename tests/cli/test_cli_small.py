@@ -131,6 +131,9 @@ def test_add_several_paths_gives_one_link_each_or_one_folder(
     assert "two of the paths are named 'a.txt'" in one_error(twice)
     missing = run_cli("--repo", repo, "add", src / "a.txt", tmp_path / "nope", "--as-folder", "x")
     assert "no such file or directory" in one_error(missing)
+    missing = run_cli("--repo", repo, "add", tmp_path / "other" / "a.txt", tmp_path / "nope")
+    assert "no such file or directory" in one_error(missing) and missing.stdout == ""  # none added
+    assert "--name names one root" in one_error(run_cli("--repo", repo, "add", *paths, "--name", "n"))
 
 
 def test_a_link_cut_at_an_ampersand_says_to_quote_it(run_cli: RunCli, tmp_path: Path) -> None:
