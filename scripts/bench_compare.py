@@ -36,15 +36,15 @@ namespace (``unshare -n``) in which only ``lo`` is up, so nothing can leave the 
 everything runs on the host's loopback (every server binds 127.0.0.1, every client dials 127.0.0.1).
 
     scripts/bench_compare.py [--size 256MiB] [--runs 3] [--json PATH] [--readme | --readme-preview]
-    scripts/bench_compare.py --from-json PATH --readme     # README from an earlier run's JSON
+    scripts/bench_compare.py --from-json PATH --readme     # the doc's block from an earlier run's JSON
 
 Printed: machine details, load averages, a table of times, MB/s, ratios (Sealbox's speed / the
 other's) and the CPU seconds all the processes of a transfer used (daemons and get clients for
 Sealbox, seeder and leechers otherwise: on a busy machine wall times swell, CPU seconds much less),
 and the goals (1->1: Sealbox faster than aria2c; 1->4: Sealbox's time within 1.5 x
 aria2c's). ``--json`` writes the same, with every run. ``--readme`` rewrites the block between
-``<!-- bench_compare -->`` and ``<!-- /bench_compare -->`` in README.md (made at the end of the
-"## Performance" section if absent); ``--readme-preview`` prints that block instead.
+``<!-- bench_compare -->`` and ``<!-- /bench_compare -->`` in docs/performance.md (added at its end if
+absent); ``--readme-preview`` prints that block instead.
 
 Run it as scripts/bench_compare.py (it re-executes itself under the repo's .venv, like
 scripts/testnet.py; SEALBOX_VENV names another venv). Everything lives in a temporary directory,
@@ -78,7 +78,7 @@ from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-from _readme import README, WRAP, markers, update_block  # noqa: E402 - standard library only
+from _readme import PERFORMANCE, WRAP, markers, update_block  # noqa: E402 - standard library only
 from _repo_venv import reexec_in_venv  # noqa: E402 - standard library only
 
 sys.path.insert(0, str(ROOT))
@@ -949,7 +949,7 @@ def busy_note(result: dict[str, Any]) -> str | None:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The README block (markers included)."""
+    """The docs/performance.md block (markers included)."""
     size = result["size"]
     day = result["date"][:10]
     intro = (
@@ -1029,7 +1029,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     readme = parser.add_mutually_exclusive_group()
     readme.add_argument(
-        "--readme", action="store_true", help="rewrite the bench_compare block of README.md's Performance"
+        "--readme", action="store_true", help="rewrite the bench_compare block of docs/performance.md"
     )
     readme.add_argument(
         "--readme-preview", action="store_true", help="print that block instead of writing it"
@@ -1058,11 +1058,11 @@ def finish(args: argparse.Namespace, result: dict[str, Any]) -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.readme_preview:
-        print("\n--- README.md block (--readme would write this) ---")
+        print("\n--- docs/performance.md block (--readme would write this) ---")
         print(markdown(result))
     if args.readme:
-        README.write_text(update_block(README.read_text(), "bench_compare", markdown(result)))
-        print(f"\nREADME.md: Performance section updated ({MARK_START} ... {MARK_END})")
+        PERFORMANCE.write_text(update_block(PERFORMANCE.read_text(), "bench_compare", markdown(result)))
+        print(f"\ndocs/performance.md updated ({MARK_START} ... {MARK_END})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

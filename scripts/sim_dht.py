@@ -6,8 +6,8 @@
                        [--find-timeout 30] [--query-timeout 3]      # what-ifs; defaults are the real values
                        [--readme | --readme-preview] [--from-json FILE]
 
-``--readme`` rewrites the block between ``<!-- sim_dht -->`` and ``<!-- /sim_dht -->`` in README.md's
-Performance section with this run's table (``--readme-preview`` prints it instead); with ``--from-json``
+``--readme`` rewrites the block between ``<!-- sim_dht -->`` and ``<!-- /sim_dht -->`` in
+docs/performance.md with this run's table (``--readme-preview`` prints it instead); with ``--from-json``
 the block comes from an earlier run's ``--json`` file and nothing is simulated.
 
 Measured per network size and churn level: hops per lookup (distribution and histogram), messages per
@@ -104,7 +104,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-from _readme import README, WRAP, markers, update_block  # noqa: E402 - standard library only
+from _readme import PERFORMANCE, WRAP, markers, update_block  # noqa: E402 - standard library only
 from _repo_venv import reexec_in_venv  # noqa: E402 - standard library only
 
 if __name__ == "__main__":
@@ -1112,7 +1112,7 @@ def print_scenario(s: dict[str, Any]) -> None:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The README block (markers included) for a run's report."""
+    """The docs/performance.md block (markers included) for a run's report."""
     start, end = markers("sim_dht")
     p, info = report["parameters"], report["machine"]
     sizes = " and ".join(f"{n['nodes']:,}" for n in report["networks"])
@@ -1166,11 +1166,11 @@ def markdown(report: dict[str, Any]) -> str:
 
 def publish(report: dict[str, Any], args: argparse.Namespace) -> None:
     if args.readme_preview:
-        print("\n--- README.md block (--readme would write this) ---")
+        print("\n--- docs/performance.md block (--readme would write this) ---")
         print(markdown(report))
     if args.readme:
-        README.write_text(update_block(README.read_text(), "sim_dht", markdown(report)))
-        print("\nREADME.md: Performance section updated (<!-- sim_dht --> ... <!-- /sim_dht -->)")
+        PERFORMANCE.write_text(update_block(PERFORMANCE.read_text(), "sim_dht", markdown(report)))
+        print("\ndocs/performance.md updated (<!-- sim_dht --> ... <!-- /sim_dht -->)")
 
 
 def machine() -> dict[str, Any]:
@@ -1240,7 +1240,9 @@ def main() -> int:
     parser.add_argument("--progress", action="store_true", help="report joins on stderr")
     parser.add_argument("--json", type=Path)
     readme = parser.add_mutually_exclusive_group()
-    readme.add_argument("--readme", action="store_true", help="rewrite the sim_dht block of README.md")
+    readme.add_argument(
+        "--readme", action="store_true", help="rewrite the sim_dht block of docs/performance.md"
+    )
     readme.add_argument("--readme-preview", action="store_true", help="print that block instead")
     parser.add_argument("--from-json", type=Path, metavar="FILE", help="publish an earlier run's --json")
     args = parser.parse_args()

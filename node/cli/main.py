@@ -7,7 +7,10 @@ import argparse
 import json
 import sqlite3
 import sys
+import tomllib
 from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
 
 from node.cli import node_commands, repo_commands, share, transfer_commands
 from node.cli.output import Interrupted
@@ -18,6 +21,18 @@ from protocol.errors import ProtocolError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+
+
+def version() -> str:
+    """The installed package's version; from a checkout that is not installed, pyproject.toml's."""
+    try:
+        return metadata.version("sealbox")
+    except metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        try:
+            return str(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"])
+        except (OSError, ValueError, KeyError):
+            return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sealbox",
         description="End-to-end encrypted file sharing: add files, share the link, get them back.",
     )
+    parser.add_argument("--version", action="version", version=f"sealbox {version()}")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--repo", help="repo directory (default $SEALBOX_REPO or ~/.sealbox)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

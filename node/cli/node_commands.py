@@ -16,7 +16,16 @@ def register(
 ) -> None:
     """``daemon``, and ``status``, ``peers`` and ``address``, which ask the running one."""
     run = sub.add_parser(
-        "daemon", parents=[common], help="run the node: serve and announce pinned roots, answer the CLI"
+        "daemon",
+        parents=[common],
+        help="run the node: serve and announce pinned roots, answer the CLI",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run this repo's node in the foreground (Ctrl-C or SIGTERM stops it): it serves and\n"
+        "announces every pinned root, fetches links for 'get', and answers the other commands.\n"
+        "Settings: REPO/config.toml (written with comments on first start); flags override them.",
+        epilog="examples:\n"
+        "  sealbox daemon\n"
+        "  sealbox daemon --bootstrap /ip4/192.168.1.20/tcp/4710/p2p/12D3KooW...   # join a friend's node",
     )
     run.add_argument(
         "--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable; overrides config)"
@@ -32,9 +41,24 @@ def register(
     )
     run.set_defaults(func=cmd_daemon)
 
-    status = sub.add_parser("status", parents=[common], help="show the running daemon's state")
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show the running daemon's state",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Show the running daemon's peer id, listen addresses, peers, storage, announcements\n"
+        "and what it served.",
+        epilog="example:\n  sealbox status --json",
+    )
     status.set_defaults(func=cmd_status)
-    peers = sub.add_parser("peers", parents=[common], help="list the peers the daemon is connected to")
+    peers = sub.add_parser(
+        "peers",
+        parents=[common],
+        help="list the peers the daemon is connected to",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="List the peers the running daemon is connected to, with their addresses.",
+        epilog="example:\n  sealbox peers",
+    )
     peers.set_defaults(func=cmd_peers)
     address = sub.add_parser(
         "address",

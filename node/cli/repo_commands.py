@@ -8,14 +8,14 @@ from typing import Any
 
 from node.cli.common import daemon, open_repo, warn
 from node.cli.output import Output, human
-from node.cli.secrets import STDIN, SecretInputError, read_targets
+from node.cli.secrets import STDIN, SecretInputError, parse_cli_link, read_targets
 from node.cli.trees import cmd_ls_link
 from node.daemon.api_client import NoDaemon
 from node.daemon.views import listed_pins
 from node.store.errors import NotFoundError, RepoDamagedError
 from node.store.repo import Pin, Repo
 from protocol.cid import cid_from_text, cid_to_text
-from protocol.link import SCHEME, ShareLink, parse_link
+from protocol.link import SCHEME, ShareLink
 
 MIN_PREFIX = 12  # characters of a root "link" takes: every root starts "bafkrei", so fewer say little
 
@@ -28,10 +28,15 @@ def register(
         "ls",
         parents=[common],
         help="list what this repo holds, or what a shared folder holds",
-        description="Without LINK: every root this repo pins, with its name (the display name given"
-        " with --name, else the name sealed in the root; '-' when the repo keeps no key for it). With"
-        " LINK: each file and folder of the shared tree (kind, size, path, as 'get LINK PATH' takes"
-        " it), from its metadata alone: no file data is fetched, and nothing is pinned.",
+        description="Without LINK: every root this repo pins, with its name (the display name given\n"
+        "with --name, else the name sealed in the root; '-' when the repo keeps no key for it). With\n"
+        "LINK: each file and folder of the shared tree (kind, size, path, as 'get LINK PATH' takes\n"
+        "it), from its metadata alone: no file data is fetched, and nothing is pinned.",
+        epilog="examples:\n"
+        "  sealbox ls\n"
+        "  sealbox ls --json\n"
+        "  sealbox ls 'sealbox:?v=1&...'      # what a shared folder holds",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ls.add_argument("link", nargs="?", metavar="LINK", help="a share link ('-' reads it from stdin)")
     ls.add_argument(
@@ -46,15 +51,24 @@ def register(
         "link",
         parents=[common],
         help="print the share link of a pinned root again",
-        description="Print the share link of a root this repo pins, from the key its pin keeps (roots"
-        " added here, and roots fetched without --no-keep-key). ROOT may be a unique prefix of the"
-        " root as 'ls' shows it. The link is the secret: whoever holds it reads the content.",
+        description="Print the share link of a root this repo pins, from the key its pin keeps (roots\n"
+        "added here, and roots fetched without --no-keep-key). ROOT may be a unique prefix of the\n"
+        "root as 'ls' shows it. The link is the secret: whoever holds it reads the content.",
+        epilog="example:\n  sealbox link bafkreiabc123def",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     link.add_argument("root", metavar="ROOT", help="a root CID as 'ls' shows it, or a unique prefix")
     link.add_argument("--with-size", action="store_true", help="carry the total size in the link")
     link.set_defaults(func=cmd_link)
 
-    rm = sub.add_parser("rm", parents=[common], help="unpin roots (their blocks go at the next gc)")
+    rm = sub.add_parser(
+        "rm",
+        parents=[common],
+        help="unpin roots (their blocks go at the next gc)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Unpin each root (given as a root or a share link); 'sealbox gc' then frees its blocks.",
+        epilog="examples:\n  sealbox rm bafkrei...\n  sealbox rm - < links.txt      # links out of argv",
+    )
     rm.add_argument("targets", nargs="*", metavar="LINK|ROOT", help="- reads them from stdin")
     rm.add_argument(
         "--link-file",
@@ -64,10 +78,26 @@ def register(
     )
     rm.set_defaults(func=cmd_rm)
 
-    gc = sub.add_parser("gc", parents=[common], help="remove blocks no pinned root needs")
+    gc = sub.add_parser(
+        "gc",
+        parents=[common],
+        help="remove blocks no pinned root needs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Delete every block no pin and no running fetch needs, after checking the index and the\n"
+        "pins (it deletes nothing if a check fails). Safe at any moment; through the daemon if one runs.",
+        epilog="example:\n  sealbox gc",
+    )
     gc.set_defaults(func=cmd_gc)
 
-    repo = sub.add_parser("repo", parents=[common], help="check or repair the block index and the pins")
+    repo = sub.add_parser(
+        "repo",
+        parents=[common],
+        help="check or repair the block index and the pins",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="check: report what is wrong with the block index and the pins, one line each.\n"
+        "repair (with the daemon stopped): rebuild the index from the packs and mend the pins.",
+        epilog="examples:\n  sealbox repo check --deep\n  sealbox repo repair",
+    )
     repo.add_argument("action", choices=["check", "repair"], help="check: report; repair: rebuild what fails")
     repo.add_argument("--deep", action="store_true", help="check: also read and hash every stored block")
     repo.set_defaults(func=cmd_repo)
@@ -127,7 +157,7 @@ def cmd_link(args: argparse.Namespace) -> None:
 
 def _root_of(text: str) -> bytes:
     text = text.strip()
-    return parse_link(text).root if text.startswith(SCHEME) else cid_from_text(text)
+    return parse_cli_link(text, "rm").root if text.startswith(SCHEME) else cid_from_text(text)
 
 
 def cmd_rm(args: argparse.Namespace) -> None:

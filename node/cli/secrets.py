@@ -16,11 +16,17 @@ recorded the command line (shell history, audit logs) keeps it: the safe forms a
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from node.cli.errors import CliError
-from protocol.link import MAX_DISPLAY_NAME, MAX_LINK_LEN, SCHEME
+from node.store.fsutil import full_error, is_full, temp_name
+from node.store.repo import Repo
+from protocol.link import MAX_DISPLAY_NAME, MAX_LINK_LEN, SCHEME, ShareLink, parse_link
 
 STDIN = "-"
 MAX_TARGETS_TEXT = 64 * 1024  # characters of links and roots ``rm`` reads from stdin or a file
@@ -49,6 +55,48 @@ def read_secret(source: str, what: str, limit: int, *, line: bool = False) -> st
     if len(text) > limit:
         raise SecretInputError(f"the {what} is longer than {limit} characters")
     return text
+
+
+class CutLinkError(CliError):
+    """A link the shell cut at its first ``&`` (it was given unquoted)."""
+
+
+def looks_cut(text: str) -> bool:
+    """Whether ``text`` is what bash leaves of an unquoted link: ``sealbox:?v=1 &`` runs ``sealbox ...
+    sealbox:?v=1`` in the background and takes the rest for other commands, so the link arrives as
+    ``sealbox:?`` and its first parameter, with no ``&`` and no ``#`` fragment (no key)."""
+    text = text.strip()
+    return text.startswith(SCHEME + "?") and "&" not in text and "#" not in text
+
+
+def parse_cli_link(text: str, command: str) -> ShareLink:
+    """``parse_link``, but a link cut at an ``&`` gets the fix (single quotes) instead of "copy the
+    whole link": the user did copy all of it."""
+    if looks_cut(text):
+        raise CutLinkError(
+            f"the link looks cut at an '&': put the link in single quotes: sealbox {command} 'sealbox:?...'"
+        )
+    return parse_link(text)
+
+
+@contextlib.contextmanager
+def spooled_stdin(repo: Repo) -> Iterator[Path]:
+    """stdin's bytes in a private file of the repo's ``tmp/`` (0600, in the 0700 repo) for the time of
+    an ``add -``: a daemon cannot read the client's stdin, and the adder seals a file it can stat.
+    Deleted after, also on an error or Ctrl-C; one a crash leaves goes at the next gc. The caller holds
+    the repo lock (shared), so that no gc deletes it meanwhile."""
+    path = repo.tmp / temp_name("stdin-")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+        yield path
+    except OSError as exc:
+        if is_full(exc):
+            raise full_error(repo.path) from None
+        raise
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def read_link(source: str) -> str:

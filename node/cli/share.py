@@ -6,26 +6,29 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from node.cli.common import daemon, open_repo, warn
+from node.cli.errors import CliError
 from node.cli.output import Interrupted, Output, fetch_status, human, progress_bar
-from node.cli.secrets import STDIN, SecretInputError, read_link, read_name
+from node.cli.secrets import STDIN, SecretInputError, parse_cli_link, read_link, read_name, spooled_stdin
 from node.cli.through_daemon import daemon_add, daemon_fetch, detach_fetch
 from node.cli.trees import entry_path, fetch_keywords
 from node.daemon.api_client import NoDaemon
 from node.daemon.config_file import storage_limit
 from node.daemon.errors import DaemonError
 from node.daemon.views import add_json
-from node.files.add import add_path, scan_size
-from node.files.errors import DestinationError
+from node.files.add import add_path
+from node.files.errors import DestinationError, InputError
 from node.files.get import GetResult, check_output, get_link, stream_link
+from node.files.inputs import Folder, scan_size
 from node.net.progress import FetchProgress
 from node.store.errors import NotFoundError
 from node.store.pin_tree import remember_key
 from node.store.repo import Repo
 from protocol.cid import cid_to_text
 from protocol.errors import LinkError
-from protocol.link import SCHEME, ShareLink, parse_link
+from protocol.link import SCHEME, ShareLink
 from protocol.manifest import DEFAULT_CHUNK
 
 STDOUT = "-"  # get -o -
@@ -44,16 +47,38 @@ def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
     """``add`` and ``get``: a file or folder into the repo and its link out, and back."""
+    _register_add(sub, common)
+    _register_get(sub, common)
+
+
+def _register_add(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     add = sub.add_parser(
-        "add", parents=[common], help="seal a file or folder into the repo and print its share link"
+        "add",
+        parents=[common],
+        help="seal files or folders into the repo and print their share links",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Seal each PATH (a file or a folder) under a fresh key into the repo, pin it, and print\n"
+        "its share link, one line per PATH (--json: a list when there are several). With --as-folder\n"
+        "NAME all the PATHs become one folder NAME and one link. '-' reads the file from stdin and needs\n"
+        "--name (or --name-file), which names the file, as stdin has no name.",
+        epilog="examples:\n"
+        "  sealbox add photo.jpg\n"
+        "  sealbox add a.txt b.txt ~/photos              # three links\n"
+        "  sealbox add a.txt b.txt --as-folder notes     # one link to a folder 'notes'\n"
+        "  pg_dump db | sealbox add - --name db.sql      # from stdin",
     )
-    add.add_argument("path", help="file or directory to add")
+    add.add_argument("paths", nargs="+", metavar="PATH", help="file or directory to add; '-' for stdin")
     named = add.add_mutually_exclusive_group()
     named.add_argument("--name", help="display name to show in 'ls' and carry (opt-in) in the link")
     named.add_argument(
         "--name-file",
         metavar="FILE",
         help="read the display name from FILE ('-': stdin), out of the process list other users see",
+    )
+    add.add_argument(
+        "--as-folder", metavar="NAME", help="seal all the PATHs as one folder NAME (one link, not one each)"
     )
     add.add_argument("--with-size", action="store_true", help="carry the total size in the link")
     add.add_argument(
@@ -64,21 +89,25 @@ def register(
     add.add_argument("--chunk-size", type=_chunk_size, default=DEFAULT_CHUNK, help=argparse.SUPPRESS)
     add.set_defaults(func=cmd_add)
 
-    _register_get(sub, common)
-
 
 def _register_get(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    """``get``'s arguments."""
     get = sub.add_parser(
         "get",
         parents=[common],
         help="rebuild a file or folder from its share link",
-        description="Rebuild a file or folder from its share link, fetching what the repo lacks. With"
-        " PATH, only that file or subfolder of a shared folder is fetched and written; such a partial"
-        " get pins nothing (the tree is incomplete): its blocks stay in the repo, unpinned, for a later"
-        " whole get (gc may remove them). 'sealbox ls LINK' lists the paths a folder holds.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fetch what a share link names (from this repo, else through the daemon or the link's\n"
+        "peers) and write it to ./NAME or -o DEST. Quote the link: it holds '&' and '#'. With PATH,\n"
+        "only that file or subfolder of a shared folder is fetched and written; such a partial get\n"
+        "pins nothing (the tree is incomplete): its blocks stay in the repo, unpinned, for a later\n"
+        "whole get (gc may remove them). 'sealbox ls LINK' lists the paths a folder holds.",
+        epilog="examples:\n"
+        "  sealbox get 'sealbox:?v=1&xt=urn:sealbox:bafkrei...#k=...&c=...'\n"
+        "  sealbox get - -o copy.mp4 < link.txt          # the link out of argv (other users see argv)\n"
+        "  sealbox get 'sealbox:?v=1&...' docs/report.pdf # one file of a shared folder\n"
+        "  sealbox get 'sealbox:?v=1&...' -o - | mpv -    # a file to stdout",
     )
     get.add_argument(
         "link",
@@ -124,15 +153,53 @@ def _register_get(
 
 
 def cmd_add(args: argparse.Namespace) -> None:
+    """One link per PATH (or one for ``--as-folder``); ``-`` is stdin, spooled to a private file first."""
+    if STDIN in args.paths and (len(args.paths) > 1 or args.as_folder is not None):
+        raise CliError("'-' (stdin) must be add's only PATH")
     if args.name_file is not None:
+        if args.name_file == STDIN and args.paths == [STDIN]:
+            raise CliError("'add -' reads the file from stdin: give the name with --name or --name-file FILE")
         args.name = read_name(args.name_file)
-    path = Path(args.path)
-    request = {
-        "path": os.path.abspath(path),
+    if args.paths == [STDIN]:
+        if args.name is None:
+            raise CliError("'add -' needs --name NAME: a file read from stdin has no name of its own")
+        repo = open_repo(args)
+        with repo.lock(), spooled_stdin(repo) as spool:  # gc waits: it would delete the spool in tmp/
+            Output(args).emit(*_add_one(args, [spool], entry_name=args.name))
+        return
+    paths = [Path(os.path.abspath(p)) for p in args.paths]
+    if args.as_folder is not None or len(paths) == 1:
+        Output(args).emit(*_add_one(args, paths))
+        return
+    if args.name is not None:
+        raise CliError("--name names one root: add the paths one at a time, or --as-folder NAME")
+    for path in paths:  # refuse a missing path before adding any
+        if not os.path.lexists(path):
+            raise InputError(f"no such file or directory: {path}")
+    added = []
+    for path in paths:
+        data, link = _add_one(args, [path])
+        if not args.json:
+            print(link, flush=True)  # each link as soon as it exists: a later failure keeps it seen
+        added.append(data)
+    if args.json:
+        Output(args).emit(added, None)
+
+
+def _add_one(
+    args: argparse.Namespace, paths: list[Path], *, entry_name: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """One root, through the daemon if one runs: ``paths[0]``, or a folder of them with --as-folder.
+    Returns what ``--json`` prints and the link."""
+    request: dict[str, Any] = {
         "name": args.name,
         "with_size": args.with_size,
         "peer_hints": args.peer_hints,
     }
+    if args.as_folder is not None:
+        request |= {"paths": [str(p) for p in paths], "as_folder": args.as_folder}
+    else:
+        request |= {"path": str(paths[0])} | ({"entry_name": entry_name} if entry_name else {})
     try:
         data = daemon_add(args, daemon(args), request)
     except NoDaemon:
@@ -142,22 +209,23 @@ def cmd_add(args: argparse.Namespace) -> None:
                 " start one with 'sealbox daemon'"
             ) from None
     else:
-        Output(args).emit(data, str(data["link"]))
-        return
+        return data, str(data["link"])
     repo = open_repo(args)
     repo.blocks.set_limit(storage_limit(repo.path))  # as the daemon does: checked as each block is written
-    total = scan_size(path) if sys.stderr.isatty() and not args.json and path.exists() else None
+    source: Path | Folder = Folder(args.as_folder, tuple(paths)) if args.as_folder else paths[0]
+    total = scan_size(source) if sys.stderr.isatty() and not args.json else None
     with progress_bar(args, total, "sealing") as advance:
         result = add_path(
             repo,
-            path,
+            source,
+            entry_name=entry_name,
             display_name=args.name,
             with_size=args.with_size,
             chunk_size=args.chunk_size,
             progress=advance,
             warn=warn,
         )
-    Output(args).emit(add_json(result, str(result.link)), str(result.link))
+    return add_json(result, str(result.link)), str(result.link)
 
 
 def _link_arg(args: argparse.Namespace) -> str:
@@ -180,7 +248,7 @@ def cmd_get(args: argparse.Namespace) -> None:
         raise DestinationError("--json cannot go with -o -: stdout carries the file")
     if not text.strip().startswith(SCHEME):
         raise LinkError("get needs a share link (sealbox:?...): a root alone does not carry the key")
-    link = parse_link(text)
+    link = parse_cli_link(text, "get")
     args.entry = entry_path(args.path)  # read by fetch_keywords / fetch_fields (node/cli/trees.py)
     if args.output is not None and not to_stdout:
         check_output(args.output)  # a missing folder is said now, not after the fetch

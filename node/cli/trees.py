@@ -9,7 +9,7 @@ from typing import Any
 
 from node.cli.common import daemon, open_repo
 from node.cli.output import Output, human
-from node.cli.secrets import STDIN, read_link
+from node.cli.secrets import STDIN, parse_cli_link, read_link
 from node.daemon.api_client import NoDaemon
 from node.daemon.views import tree_json
 from node.files.listing import list_tree
@@ -17,7 +17,7 @@ from node.store.errors import NotFoundError
 from node.store.repo import Repo
 from protocol.cid import cid_to_text
 from protocol.errors import LinkError
-from protocol.link import SCHEME, ShareLink, parse_link
+from protocol.link import SCHEME, ShareLink
 from protocol.names import check_name
 
 
@@ -47,7 +47,7 @@ def cmd_ls_link(args: argparse.Namespace) -> None:
     text = read_link(STDIN) if args.link == STDIN else str(args.link)
     if not text.strip().startswith(SCHEME):
         raise LinkError("ls LINK needs a share link (sealbox:?...): 'sealbox ls' alone lists this repo")
-    link = parse_link(text)
+    link = parse_cli_link(text, "ls")
     try:
         data = daemon(args).call("POST", "/v1/tree", {"link": str(link)}, timeout=None)
     except NoDaemon:

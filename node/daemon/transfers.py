@@ -1,7 +1,8 @@
 """The control API's transfer endpoints: add, fetch, and what runs now (served by ``node/daemon/api.py``).
 
-- ``POST /v1/add {path, name?, with_size?, peer_hints?}`` -> what ``add --json`` prints, plus
-  ``warnings`` and ``id``. Streaming (see below).
+- ``POST /v1/add {path, entry_name?, name?, with_size?, peer_hints?}`` or ``{paths, as_folder, ...}``
+  (one folder of them all) -> what ``add --json`` prints, plus ``warnings`` and ``id``. Streaming (see
+  below).
 - ``POST /v1/fetch {link, seed?, detach?}`` -> ``{id, root, providers, rounds, blocks, bytes, pinned}``;
   with ``seed: false`` the root is neither announced nor pinned (``get --no-seed``). Streaming; with
   ``detach: true`` it answers ``{id, root, detached: true}`` at once and the fetch goes on in the daemon,
@@ -42,7 +43,8 @@ from node.daemon.transfer_state import Registry, Transfer, check_id
 from node.daemon.tree_routes import fetch_options
 from node.daemon.views import add_json
 from node.errors import NodeError
-from node.files.add import add_path, scan_size
+from node.files.add import MAX_ADD_PATHS, add_path
+from node.files.inputs import Folder, scan_size
 from node.net import netget
 from node.net.exchange import FetchStats
 from protocol.cid import cid_to_text
@@ -76,15 +78,16 @@ class Transfers:
         }
 
     async def add(self, args: dict[str, Any], channel: Channel) -> dict[str, Any]:
-        path = Path(_text(args, "path"))
-        if not path.is_absolute():
-            raise ApiError("path must be absolute (the daemon does not share the client's directory)")
+        as_folder = _text(args, "as_folder", optional=True)
+        paths = _add_paths(args, several=as_folder is not None)
+        path: Path | Folder = paths[0] if as_folder is None else Folder(as_folder, tuple(paths))
+        entry_name = _text(args, "entry_name", optional=True)
         name = _text(args, "name", optional=True)
         with_size = _flag(args, "with_size")
         control = self.control
         hints = control.peer_hints() if _flag(args, "peer_hints") else ()
         await control.check_room()
-        transfer = self.registry.new("add", name=name or path.name)
+        transfer = self.registry.new("add", name=name or entry_name or path.name)
         warnings: list[str] = []
 
         def work() -> Any:  # in a worker thread: its progress callback stops it once cancelled
@@ -99,6 +102,7 @@ class Transfers:
             added = add_path(
                 control.repo,
                 path,
+                entry_name=entry_name,
                 display_name=name,
                 with_size=with_size,
                 progress=advance,
@@ -234,10 +238,20 @@ async def _report(transfer: Transfer, channel: Channel) -> None:
         await trio.sleep(PROGRESS_EVERY)
 
 
-def _size(path: Path) -> int | None:
+def _add_paths(args: dict[str, Any], *, several: bool) -> list[Path]:
+    """An add's ``path``, or with ``as_folder`` its ``paths`` (1 to MAX_ADD_PATHS), each absolute."""
+    paths = args.get("paths") if several else [_text(args, "path")]
+    if not isinstance(paths, list) or not 0 < len(paths) <= MAX_ADD_PATHS:
+        raise ApiError(f"paths must be a list of 1 to {MAX_ADD_PATHS} paths")
+    if not all(isinstance(p, str) and Path(p).is_absolute() for p in paths):
+        raise ApiError("path must be absolute (the daemon does not share the client's directory)")
+    return [Path(p) for p in paths]
+
+
+def _size(path: Path | Folder) -> int | None:
     """The bytes an add will read (its bar's total); None where add_path will say what is wrong."""
     try:
-        return scan_size(path) if path.exists() else None
+        return scan_size(path) if isinstance(path, Folder) or path.exists() else None
     except (OSError, ValueError):  # ValueError: a path that is not UTF-8 (add_path refuses it)
         return None
 
