@@ -24,6 +24,14 @@ def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
     """``ls``, ``link``, ``rm``, ``gc`` and ``repo``: what the repo holds, and its upkeep."""
+    _register_listing(sub, common)
+    _register_upkeep(sub, common)
+
+
+def _register_listing(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """``ls`` and ``link``: what the repo (or a link) holds, and a pinned root's link again."""
     ls = sub.add_parser(
         "ls",
         parents=[common],
@@ -61,6 +69,11 @@ def register(
     link.add_argument("--with-size", action="store_true", help="carry the total size in the link")
     link.set_defaults(func=cmd_link)
 
+
+def _register_upkeep(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """``rm``, ``gc`` and ``repo``."""
     rm = sub.add_parser(
         "rm",
         parents=[common],
