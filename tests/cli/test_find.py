@@ -36,7 +36,7 @@ def test_ls_shows_each_roots_own_name_and_link_prints_its_link_again(
     plain = ok(run_cli("--repo", repo, "add", folder / "big.bin")).strip()
     named = ok(run_cli("--repo", repo, "add", folder, "--name", "holiday")).strip()
     rows = ok(run_cli("--repo", repo, "ls")).splitlines()[1:]
-    assert [row.split()[1:3] for row in rows] == [["big.bin", "3.0"], ["holiday", "(photos)"]]
+    assert [row.split()[1:3] for row in rows] == [["big.bin", "3.1"], ["holiday", "(photos)"]]
     listed = json.loads(ok(run_cli("--repo", repo, "ls", "--json")))
     assert [(p["name"], p["root_name"], p["key_kept"]) for p in listed] == [
         (None, "big.bin", True),
@@ -85,9 +85,9 @@ def test_ls_link_lists_the_tree_like_tar(run_cli: RunCli, tmp_path: Path, folder
     repo = tmp_path / "repo"
     link = ok(run_cli("--repo", repo, "add", folder)).strip()
     lines = ok(run_cli("--repo", repo, "ls", link)).splitlines()
-    assert lines[0] == "photos/: 3 file(s), 3.0 MiB"
+    assert lines[0] == "photos/: 3 file(s), 3.1 MB"
     assert [line.split() for line in lines[1:]] == [
-        ["file", "3.0", "MiB", "big.bin"],
+        ["file", "3.1", "MB", "big.bin"],
         ["exec", "10", "B", "run.sh"],
         ["dir", "-", "sub/"],
         ["file", "15", "B", "sub/small.txt"],

@@ -58,7 +58,7 @@ def test_fetched_roots_keep_their_key_and_a_path_or_a_listing_fetches_only_its_p
 
     # ls LINK through b's daemon: the metadata only
     lines = ok(run_cli("--repo", second, "ls", link)).splitlines()
-    assert lines[0] == "photos/: 2 file(s), 3.0 MiB" and lines[-1].endswith("sub/small.txt")
+    assert lines[0] == "photos/: 2 file(s), 3.1 MB" and lines[-1].endswith("sub/small.txt")
     assert stored(second) < BIG // 20
     # one file of the folder through b's daemon: its blocks, not the big file's; nothing pinned
     out = tmp_path / "small.txt"
