@@ -55,6 +55,12 @@ def chunk_count(size: int, chunk_size: int) -> int:
     return -(-padded_size(size) // chunk_size)
 
 
+def data_bytes(size: int, chunk_size: int) -> int:
+    """Bytes of the data blocks of a stream of ``size`` plaintext bytes: its padded length plus one tag
+    per chunk (what a fetch of it stores, its index and node blocks aside)."""
+    return padded_size(size) + TAG_LEN * chunk_count(size, chunk_size)
+
+
 def level_counts(leaves: int, chunk_size: int) -> list[int]:
     """``[n_0, n_1, ..., n_L]``: items at each level, ``L`` the least level with ``n_L <= top_max``."""
     counts = [leaves]

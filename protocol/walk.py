@@ -32,7 +32,7 @@ from typing import Literal
 
 from protocol.cid import CID_LEN, split_cids, verify_block
 from protocol.errors import ManifestError
-from protocol.manifest import EntryDecoder, Node, fanout, open_node
+from protocol.manifest import EntryDecoder, Node, data_bytes, fanout, open_node
 from protocol.seal import TAG_LEN, NodeKeys
 from protocol.stream import open_content
 
@@ -184,11 +184,19 @@ class TreeWalk:
         self._select = select
         self._data = data
         self.selected: NodeInfo | None = None  # the node ``select`` names, once the walk opened it
+        self.data_bytes = 0  # block bytes of the file data the walk will reach, of the nodes opened so far
+        self._unopened = 1  # node and listing blocks the walk knows of and has not opened (sized at 0)
 
     @property
     def done(self) -> bool:
         """Nothing is left to walk, set aside or answered."""
         return not self._stack and not self._parked and self._current is None
+
+    @property
+    def sized(self) -> bool:
+        """Every node the walk will reach is open, so :attr:`data_bytes` is the whole of the data
+        (each file's padded size plus one tag per chunk): a fetch's progress total, before any data came."""
+        return self._unopened == 0
 
     @property
     def deferred(self) -> int:
@@ -254,10 +262,14 @@ class TreeWalk:
         stream = _Stream(info, node.counts(), fanout(node.chunk_size))
         if task.depth == len(self._select):
             self.selected = info
+        self._unopened -= 1
         if node.kind == "dir":
             stream.decoder = EntryDecoder()
+            self._unopened += stream.counts[0]  # its listing blocks
             if stream.counts[0] == 0:
                 stream.decoder.finish()
+        elif self._data and task.depth >= len(self._select):
+            self.data_bytes += data_bytes(node.size, node.chunk_size)
         self._stack.append(Exit(info))
         # a file's data is left out of a listing, and of a path that goes on through the file
         if node.kind == "dir" or (self._data and task.depth >= len(self._select)):
@@ -305,6 +317,7 @@ class TreeWalk:
             if wanted is not None and entry.name != wanted:
                 continue  # off the selected path: neither walked nor fetched
             children.append(_NodeBlock(entry.cid, entry.number, info.depth + 1, entry.name))
+        self._unopened += len(children) - 1
         s.next += 1
         if s.next == s.counts[0]:
             s.decoder.finish()

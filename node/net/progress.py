@@ -15,9 +15,10 @@ Who writes what:
 - ``size``, ``kind``, ``held``, ``total``: the reader, from the walk (:meth:`FetchProgress.refresh`, called
   before it reads): ``size`` once the root is open (plaintext bytes of the root's file or,
   for a folder, of its encoded entries), ``held`` the block bytes found already in the repo, ``total``
-  the block bytes a single-file tree needs (data blocks and their tags: metadata blocks add well under
-  0.1%), None for a folder (its size is known only once every listing is open). ``held`` leaves out
-  what this fetch stored itself (the walk finds those held too, at the next round).
+  the block bytes of the data the fetch needs (padded data and its tags: metadata blocks add well
+  under 0.1% for big files), None until the walk has opened every node and listing on its way (for a
+  file, its root; for a folder, every listing: they come in the first rounds, beside the first data).
+  ``held`` leaves out what this fetch stored itself (the walk finds those held too, at the next round).
 - ``done``: netget's on_bytes path (:meth:`FetchProgress.add`): block bytes this fetch stored.
 - ``peers``, ``providers_known``: the provider search in netget (the providers pulled from now, and all
   found so far, reachable or not).
@@ -37,8 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.store.tree_walk import Frontier
-from protocol.manifest import chunk_count
-from protocol.seal import TAG_LEN
 
 PHASES = ("starting", "looking", "fetching", "pinning", "done")
 SPEED_WINDOW = 3.0  # seconds: the time constant of a speed's moving average
@@ -81,11 +80,10 @@ class FetchProgress:
             return
         self.held = max(self.held, walk.held_bytes - self.done)
         root = walk.root
-        if root is None or self.size is not None:
-            return
-        self.size, self.kind = root.size, root.kind
-        if root.kind == "file":
-            self.total = root.size + TAG_LEN * chunk_count(root.size, root.chunk_size)
+        if root is not None and self.size is None:
+            self.size, self.kind = root.size, root.kind
+        if self.total is None:
+            self.total = walk.expected_bytes
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

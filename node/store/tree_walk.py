@@ -91,6 +91,12 @@ class Frontier:
     def complete(self) -> bool:
         return self._walk.done and not self._queued and not self._asked
 
+    @property
+    def expected_bytes(self) -> int | None:
+        """Block bytes of all the data this walk reaches, once every node on its way is open (None
+        before): a fetch's progress total."""
+        return self._walk.data_bytes if self._walk.sized else None
+
     def round(self, limit: int) -> list[bytes]:
         """Up to ``limit`` blocks the next round must fetch (empty once the tree is complete)."""
         self._recheck()

@@ -282,3 +282,20 @@ def test_a_walk_without_data_reads_only_nodes_and_folder_listings() -> None:
     # six nodes and one listing block per folder (an empty folder's stream is padded to one block
     # too), none of a.bin's index blocks
     assert len(named) == len(set(named)) == 6 + 3
+
+
+@pytest.mark.parametrize("select", [(), ("b",), ("a.bin",)])
+def test_once_sized_the_walk_knows_the_data_bytes_it_will_reach(select: tuple[str, ...]) -> None:
+    master, root, blocks = sealed(sample())
+    walk = TreeWalk(master, root, select=select)
+    assert not walk.sized
+    sized_at: int | None = None  # the data bytes seen when the walk said it was sized
+    data = 0
+    while (step := walk.next()) is not None:
+        if isinstance(step, Need):
+            walk.give(blocks[step.cid])
+            if walk.sized and sized_at is None:
+                sized_at, total = data, walk.data_bytes
+        elif isinstance(step, Leaves):
+            data += sum(len(blocks[cid]) for cid in step.cids)
+    assert sized_at is not None and walk.data_bytes == total == data > 0
