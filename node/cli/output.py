@@ -77,8 +77,8 @@ def fetch_line(shown: Mapping[str, Any], size: int | None = None) -> str:
         parts.append(f"ETA {clock(float(eta))}")
     if peers := shown.get("peers"):
         parts.append(f"{peers} peer{'s' if peers != 1 else ''}")
-    if held:
-        parts.append(f"resuming: {human(held)} already here")
+    if resumed := int(shown.get("resumed") or 0):
+        parts.append(f"resuming: {human(resumed)} already here")
     return "  ".join(parts)
 
 

@@ -17,6 +17,7 @@ from node.store.repo import Pin, Repo
 from protocol.cid import cid_from_text, cid_to_text
 from protocol.link import SCHEME, ShareLink
 
+EMPTY_LS = "this repo pins nothing yet ('sealbox add FILE' adds one)"
 MIN_PREFIX = 12  # characters of a root "link" takes: every root starts "bafkrei", so fewer say little
 
 
@@ -131,7 +132,7 @@ def cmd_ls(args: argparse.Namespace) -> None:
     for pin in pins:
         added = datetime.fromisoformat(pin["added"]).astimezone().strftime("%Y-%m-%d %H:%M")
         rows.append(f"{pin['root']:<59}  {_shown_name(pin):<24.24}  {human(pin['size']):>10}  {added}")
-    Output(args).emit(pins, "\n".join(rows) if pins else None)
+    Output(args).emit(pins, "\n".join(rows) if pins else EMPTY_LS)
 
 
 def _shown_name(pin: dict[str, Any]) -> str:

@@ -7,9 +7,9 @@
   with ``seed: false`` the root is neither announced nor pinned (``get --no-seed``). Streaming; with
   ``detach: true`` it answers ``{id, root, detached: true}`` at once and the fetch goes on in the daemon,
   bound to no connection (``get --detach``).
-- ``GET /v1/transfers`` -> ``{transfers: [{id, kind, state, name, root, phase, done, held, total, size,
-  peers, providers_known, speed, eta, elapsed, waited, started}], serving: {peers, blocks, bytes,
-  speed}}``: the adds and fetches running now (bytes; speed in bytes/s; eta, elapsed in seconds; total
+- ``GET /v1/transfers`` -> ``{transfers: [{id, kind, state, name, root, phase, done, held, resumed,
+  total, size, peers, providers_known, speed, eta, elapsed, waited, started}], serving: {peers, blocks,
+  bytes, speed}}``: the adds and fetches running now (bytes; speed in bytes/s; eta, elapsed in seconds; total
   None when unknown), and what the block server is sending.
 - ``POST /v1/transfers/cancel {id}`` -> ``{id, kind, state, root, done, held, pinned}`` once the transfer
   has stopped (waiting at most ``CANCEL_WAIT`` s): ``state`` "cancelled", or "done" / "failed" when it

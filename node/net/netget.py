@@ -159,6 +159,7 @@ async def _fetch_leased(
         missing = await trio.to_thread.run_sync(next_round, frontier, lease)
         if missing:
             if progress is not None and progress.phase == "starting":
+                progress.resumed = frontier.held_bytes  # the first round: nothing fetched yet
                 progress.enter("looking")
             await rounds(frontier, missing, report, announce=announce and not second)
         pin, keep_key = pinned

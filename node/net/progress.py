@@ -19,6 +19,9 @@ Who writes what:
   under 0.1% for big files), None until the walk has opened every node and listing on its way (for a
   file, its root; for a folder, every listing: they come in the first rounds, beside the first data).
   ``held`` leaves out what this fetch stored itself (the walk finds those held too, at the next round).
+- ``resumed``: netget, once, after the walk's first round (before anything is fetched): the block
+  bytes it found already here, what "resuming: … already here" says (``held`` also grows with what
+  later rounds find, and, for a moment, with blocks this fetch stored before it counted them).
 - ``done``: netget's on_bytes path (:meth:`FetchProgress.add`): block bytes this fetch stored.
 - ``peers``, ``providers_known``: the provider search in netget (the providers pulled from now, and all
   found so far, reachable or not).
@@ -53,6 +56,7 @@ class FetchProgress:
     kind: str | None = None
     done: int = 0
     held: int = 0
+    resumed: int = 0  # block bytes the first round found held, before this fetch stored any
     total: int | None = None
     peers: int = 0
     providers_known: int = 0
@@ -124,6 +128,7 @@ def view(progress: FetchProgress, speed: Speed) -> dict[str, Any]:
         "phase": progress.phase,
         "done": progress.done,
         "held": progress.held,
+        "resumed": progress.resumed,
         "total": progress.total,
         "size": progress.size,
         "peers": progress.peers,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from node.cli.repo_commands import EMPTY_LS
 from node.store.blockstore import FRAME, PACK_MAGIC
 from node.store.repo import Repo
 from protocol.cid import cid_of, cid_to_text
@@ -81,7 +82,7 @@ def test_directory_round_trip(run_cli: RunCli, repo_dir: Path, tmp_path: Path) -
 
 
 def test_ls_shows_root_and_display_name(run_cli: RunCli, repo_dir: Path, sample: Path) -> None:
-    assert ok(run_cli("--repo", repo_dir, "ls")) == ""  # an empty repo lists nothing
+    assert ok(run_cli("--repo", repo_dir, "ls")) == EMPTY_LS + "\n"  # an empty repo lists nothing
     link = parse_link(ok(run_cli("--repo", repo_dir, "add", sample, "--name", "Quarterly report")).strip())
     assert link.name == "Quarterly report"
     lines = ok(run_cli("--repo", repo_dir, "ls")).splitlines()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from node.cli.repo_commands import EMPTY_LS
 from node.cli.secrets import scrubbed
 from node.net.identity import load_or_create_identity
 from protocol.cid import cid_to_text
@@ -70,14 +71,14 @@ def test_get_and_rm_read_the_link_from_a_file(
 
     removed = json.loads(ok(run_cli("--repo", repo, "rm", "--link-file", link_file, "--json")))
     assert removed["unpinned"] == [cid_to_text(parse_link(link).root)]
-    assert ok(run_cli("--repo", repo, "ls")) == ""
+    assert ok(run_cli("--repo", repo, "ls")) == EMPTY_LS + "\n"
     assert "needs a LINK or ROOT" in one_error(run_cli("--repo", repo, "rm"))
     # through stdin this time, two links at once
     first = ok(run_cli("--repo", repo, "add", sample)).strip()
     second = ok(run_cli("--repo", repo, "add", link_file)).strip()
     removed = json.loads(ok(run_cli("--repo", repo, "rm", "-", "--json", input=f"{first}\n{second}\n")))
     assert len(removed["unpinned"]) == 2
-    assert ok(run_cli("--repo", repo, "ls")) == ""
+    assert ok(run_cli("--repo", repo, "ls")) == EMPTY_LS + "\n"
 
 
 def test_add_reads_the_name_from_a_file_or_stdin(tmp_path: Path, run_cli: RunCli) -> None:

@@ -32,9 +32,11 @@ def test_a_fetch_line_says_what_the_fetch_is_doing() -> None:
         }
     )
     assert line == "fetching:  25% 100.0 MB / 400.0 MB  20.0 MB/s  ETA 0:15  3 peers"
-    resumed = fetch_line({"phase": "fetching", "done": 0, "held": 610_000_000, "total": 1_000_000_000})
+    resumed = fetch_line(
+        {"phase": "fetching", "done": 0, "held": 610_000_000, "resumed": 610_000_000, "total": 1_000_000_000}
+    )
     assert "resuming: 610.0 MB already here" in resumed and " 61% " in resumed
-    # a folder's total is unknown to the daemon: the link's size (if it carries one) stands in
+    # a total not known yet: the link's size (if it carries one) stands in
     assert fetch_line({"phase": "fetching", "done": 5_000}, size=10_000).startswith("fetching:  50%")
     assert fetch_line({"phase": "fetching", "done": 5_000}) == "fetching: 5.0 kB"
 

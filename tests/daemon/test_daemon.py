@@ -170,7 +170,7 @@ def test_daemon_serves_the_cli_stops_on_sigterm_and_keeps_its_identity(
     assert copy.read_bytes() == sample.read_bytes()
     removed = json.loads(ok(run_cli("--repo", repo, "rm", added["link"], "--json")))
     assert removed == {"unpinned": [added["root"]]}
-    assert ok(run_cli("--repo", repo, "ls")) == ""
+    assert json.loads(ok(run_cli("--repo", repo, "ls", "--json"))) == []
     # SIGUSR1 dumps where every task waits, and the daemon goes on
     restarted.proc.send_signal(signal.SIGUSR1)
     restarted.wait_for(r"task dump \(SIGUSR1\)")
