@@ -64,11 +64,13 @@ def register(
         "address",
         parents=[common],
         help="print the addresses other peers can use to reach this node (for their --bootstrap)",
-        description="Print the addresses other peers can use to reach this node, one per line, each"
-        " ending in /p2p/<peer id>: give one to a friend for their --bootstrap. A node listening on"
-        " 0.0.0.0 shows each of this machine's interface addresses. Needs a running daemon.",
-        epilog="example: sealbox address   # then, on the other machine:"
-        " sealbox daemon --bootstrap /ip4/192.168.1.20/tcp/4710/p2p/12D3KooW...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Print the addresses other peers can use to reach this node, one per line, each\n"
+        "ending in /p2p/<peer id>: give one to a friend for their --bootstrap. A node listening on\n"
+        "0.0.0.0 shows each of this machine's interface addresses. Needs a running daemon.",
+        epilog="examples:\n"
+        "  sealbox address\n"
+        "  sealbox daemon --bootstrap /ip4/192.168.1.20/tcp/4710/p2p/12D3KooW...   # on the other machine",
     )
     address.set_defaults(func=cmd_address)
 

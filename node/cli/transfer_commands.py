@@ -22,9 +22,13 @@ def register(
         "transfers",
         parents=[common],
         help="list what the daemon is adding, fetching and serving now",
-        description="List the daemon's adds and fetches (done/total, speed, peers, ETA) and what it"
-        " serves; 'transfers cancel ID' stops one.",
-        epilog="example: sealbox transfers; sealbox transfers cancel 3f9a01bc",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="List the daemon's adds and fetches (done/total, speed, peers, ETA) and what it\n"
+        "serves; 'transfers cancel ID' stops one.",
+        epilog="examples:\n"
+        "  sealbox transfers\n"
+        "  sealbox transfers --json\n"
+        "  sealbox transfers cancel 3f9a01bc",
     )
     transfers.set_defaults(func=cmd_transfers)
     actions = transfers.add_subparsers(dest="action", metavar="ACTION")
@@ -32,8 +36,10 @@ def register(
         "cancel",
         parents=[common],
         help="stop a transfer (a fetch keeps what it stored, an add pins nothing)",
-        description="Stop a transfer: a fetch keeps the blocks it stored (a later get resumes from them)"
-        " but pins nothing; an add pins nothing and makes no link.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Stop a transfer: a fetch keeps the blocks it stored (a later get resumes from them)\n"
+        "but pins nothing; an add pins nothing and makes no link.",
+        epilog="example:\n  sealbox transfers cancel 3f9a01bc",
     )
     cancel.add_argument("id", help="the transfer's id, as 'sealbox transfers' lists it")
     cancel.set_defaults(func=cmd_cancel)
