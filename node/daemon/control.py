@@ -22,14 +22,12 @@ repeated keys refused. Nothing here logs a link, a key, a path or a name: roots 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import multiaddr
 import trio
 from libp2p.abc import IHost
 from libp2p.peer.peerstore import PeerStoreError
@@ -40,11 +38,11 @@ from node.daemon.errors import ApiError
 from node.daemon.transfers import Transfers
 from node.daemon.tree_routes import tree_route
 from node.daemon.views import iso_time, listed_pins
-from node.net.addresses import address_report
+from node.net.addresses import address_report, is_unspecified
 from node.net.dht import Dht
 from node.net.errors import NetworkError
 from node.net.exchange import BlockServer
-from node.net.host import listen_addrs
+from node.net.host import advertised_addrs, listen_addrs
 from node.store.repo import Repo
 from protocol.cid import cid_from_text, cid_to_text
 from protocol.link import MAX_PEER_LEN, MAX_PEERS
@@ -141,18 +139,13 @@ class Control:
         return {"peers": sorted(out, key=lambda p: str(p["peer_id"]))}
 
     def peer_hints(self) -> tuple[str, ...]:
-        """This node's listen addresses others could dial (not 0.0.0.0 or ::), for a link's ``pe=``."""
-        hints = []
-        for addr in listen_addrs(self.host):
-            try:
-                ma = multiaddr.Multiaddr(addr)
-                ip = ma.value_for_protocol(ma.protocols()[0].name)
-                if ipaddress.ip_address(ip).is_unspecified:
-                    continue
-            except ValueError:
-                continue
-            if len(addr) <= MAX_PEER_LEN:
-                hints.append(addr)
+        """The addresses this node advertises (0.0.0.0 or :: expanded into this machine's interface
+        addresses, non-loopback first; node/net/host.py ``dialable``), for a link's ``pe=``."""
+        hints = [
+            addr
+            for addr in advertised_addrs(self.host)
+            if not is_unspecified(addr) and len(addr) <= MAX_PEER_LEN
+        ]
         if not hints:
             raise ApiError("this node listens on no address a peer could dial: set listen addresses")
         return tuple(hints[:MAX_PEERS])

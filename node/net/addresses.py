@@ -17,8 +17,11 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from node.net.host import DEFAULT_PORT
-
+# The daemon's default port (node/daemon/config.py), fixed so that the address a friend bootstraps
+# from still works after a restart. 4710 is in IANA's registered range and assigned to no service
+# that a desktop or server runs (kubo uses 4001; BitTorrent 6881-6889). Defined here, below
+# node/net/host.py (which advertises what ``expand`` makes of its listen addresses), and re-exported there.
+DEFAULT_PORT = 4710
 SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
 IF_INET6 = "/proc/net/if_inet6"
 IFNAMSIZ = 16
@@ -79,6 +82,13 @@ def _ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 def is_loopback(addr: str) -> bool:
     ip = _ip(addr)
     return ip is not None and ip.is_loopback
+
+
+def is_unspecified(addr: str) -> bool:
+    """Whether ``addr`` is on ``0.0.0.0`` or ``::``: where a node listens on every interface, and an
+    address no peer can dial."""
+    ip = _ip(addr)
+    return ip is not None and ip.is_unspecified
 
 
 def lan_example(port: int, ips: Iterable[str]) -> str:

@@ -1,8 +1,9 @@
 """The libp2p host: the only place py-libp2p (pinned to 0.8.1) is configured.
 
 ``open_host`` runs a host for the life of an ``async with`` block; ``connect`` and ``open_stream`` dial
-with a deadline; ``listen_addrs`` gives the addresses it really listens on. Identities are 32-byte
-Ed25519 seeds (``new_identity`` / ``load_identity``), for the daemon to keep in a 0600 file.
+with a deadline; ``listen_addrs`` gives the addresses it really listens on (what ``status`` shows),
+``advertised_addrs`` what it tells other peers (on ``0.0.0.0`` or ``::``: this machine's interface
+addresses, ``dialable``). Identities are 32-byte Ed25519 seeds (``new_identity`` / ``load_identity``).
 
 What py-libp2p's measured defects made us set here, and why (docs/py-libp2p.md holds the measurements):
 
@@ -22,6 +23,9 @@ What py-libp2p's measured defects made us set here, and why (docs/py-libp2p.md h
   polling every 10 s while the node is quiet.
 - No discovery beyond what Sealbox asks for: mDNS, UPnP and bootstrap lists stay off (they would send
   packets beyond the addresses we are told to use), and TCP is the only transport.
+- ``addrs_factory=dialable``: the library advertises its listen addresses as they are (Identify, DHT
+  provider records, peer routing), ``0.0.0.0`` included, which no other machine can dial; ``dialable``
+  puts this machine's interface addresses in its place.
 - Shutting down with dials in flight logs harmless ``LifecycleError`` warnings: expected, left alone.
 - Every patch of the library's internals is in ``node/net/libp2p_patches/``, applied when this module is
   imported, after a check that the installed release is the one they were checked against (another one
@@ -69,6 +73,8 @@ from libp2p.transport.tcp.tcp import TCP
 
 from node.errors import single_exception
 from node.net import libp2p_patches
+from node.net.addresses import DEFAULT_PORT as DEFAULT_PORT  # the daemon's, defined beside expand
+from node.net.addresses import expand, interface_ips, is_unspecified
 from node.net.errors import NetworkError
 from node.net.noise_session import NoiseTransport
 
@@ -77,10 +83,6 @@ libp2p_patches.apply()
 
 IDENTITY_LEN = 32
 DEFAULT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)  # a command's temporary node and the tests: any free port
-# The daemon's default port (node/daemon/config.py), fixed so that the address a friend bootstraps
-# from still works after a restart. 4710 is in IANA's registered range and assigned to no service
-# that a desktop or server runs (kubo uses 4001; BitTorrent 6881-6889).
-DEFAULT_PORT = 4710
 DEFAULT_MAX_CONNECTIONS = 64
 CONNECT_TIMEOUT = 10.0
 STREAM_TIMEOUT = 10.0
@@ -160,6 +162,28 @@ def listen_addrs(host: IHost) -> list[str]:
     return [str(addr) + suffix for addr in host.get_transport_addrs()]
 
 
+def advertised_addrs(host: IHost) -> list[str]:
+    """What ``host`` tells other peers (Identify, DHT provider records and peer routing), as
+    ``.../p2p/<id>``: its listen addresses, an unspecified one expanded (:func:`dialable`)."""
+    return [str(addr) for addr in host.get_addrs()]
+
+
+def dialable(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    """The host's ``addrs_factory``: ``candidates`` (listen addresses, without ``/p2p/``) with an
+    unspecified one (``0.0.0.0``, ``::``) replaced by this machine's interface addresses of its family,
+    non-loopback first (``node/net/addresses.py``).
+
+    Without it py-libp2p advertises its listen addresses as they are, so a node on ``0.0.0.0`` announced
+    ``0.0.0.0`` in its provider records and Identify: a peer that learnt of it there could not dial it. The
+    interfaces are read at each call (cheap, no packet sent), so an address that changes while the node
+    runs is advertised as it is now; where none can be read, ``candidates`` stay as they are.
+    """
+    texts = [str(addr) for addr in candidates]
+    if not any(is_unspecified(text) for text in texts):
+        return candidates
+    return [multiaddr.Multiaddr(text) for text in expand(texts, interface_ips())] or candidates
+
+
 def _check_port_free(addr: multiaddr.Multiaddr) -> None:
     """Refuse a fixed port something already listens on.
 
@@ -228,6 +252,7 @@ def _new_host(key_pair: KeyPair, max_connections: int) -> IHost:
         enable_mDNS=False,
         enable_upnp=False,
         bootstrap=None,
+        addrs_factory=dialable,
     )
 
 

@@ -18,6 +18,7 @@ import trio
 from node.daemon import main as daemon_main
 from node.net.addresses import expand, interface_ips, lan_example
 from node.net.host import DEFAULT_PORT
+from protocol.link import MAX_PEERS, parse_link
 from tests.daemon.test_daemon import Daemon, daemons
 from tests.helpers import RunCli, ok, one_error
 
@@ -142,6 +143,10 @@ def test_address_expands_a_node_listening_on_every_interface(
     assert shown.stdout.splitlines()[-1] == f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer}"  # loopback last
     if any(ip != "127.0.0.1" for ip in ipv4):
         assert shown.stderr == ""
+    # the node advertises those addresses too: add --peer-hints puts them in the link, in that order
+    (tmp_path / "hello.txt").write_text("hello\n")
+    hinted = parse_link(ok(run_cli("--repo", repo, "add", tmp_path / "hello.txt", "--peer-hints")).strip())
+    assert hinted.peers == tuple(shown.stdout.splitlines()[:MAX_PEERS])
     assert node.stop() == 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ from node.files.add import add_path
 from node.files.get import get_link
 from node.net.dht import Dht, open_dht
 from node.net.exchange import BlockServer, FetchError
-from node.net.host import listen_addrs, new_identity, open_host
+from node.net.host import DEFAULT_LISTEN, listen_addrs, new_identity, open_host
 from node.net.netget import fetch_link, get_from_network
 from node.net.progress import FetchProgress
 from node.store.repo import Repo
@@ -46,11 +46,17 @@ class SwarmNode:
         return listen_addrs(self.dht.host)[0]
 
 
-async def run_peer(path: Path, stop: trio.Event, *, task_status: TaskStatus[SwarmNode]) -> None:
+async def run_peer(
+    path: Path,
+    stop: trio.Event,
+    listen: Sequence[str] = DEFAULT_LISTEN,
+    *,
+    task_status: TaskStatus[SwarmNode],
+) -> None:
     repo = Repo.open(path)
     stopped = trio.Event()
     try:
-        async with open_host(new_identity()) as host, open_dht(host) as dht:
+        async with open_host(new_identity(), listen) as host, open_dht(host) as dht:
             server = BlockServer(repo.blocks)
             server.install(host)
             task_status.started(SwarmNode(dht, repo, server, stop, stopped))
