@@ -290,7 +290,7 @@ def test_once_sized_the_walk_knows_the_data_bytes_it_will_reach(select: tuple[st
     walk = TreeWalk(master, root, select=select)
     assert not walk.sized
     sized_at: int | None = None  # the data bytes seen when the walk said it was sized
-    data = 0
+    total = data = 0
     while (step := walk.next()) is not None:
         if isinstance(step, Need):
             walk.give(blocks[step.cid])
