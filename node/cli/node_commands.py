@@ -41,6 +41,13 @@ def register(
     )
     run.set_defaults(func=cmd_daemon)
 
+    _register_asking(sub, common)
+
+
+def _register_asking(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """``status``, ``peers`` and ``address``: what the running daemon says."""
     status = sub.add_parser(
         "status",
         parents=[common],
