@@ -36,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"ready: peer (\S+) listening on ([^ ;]+)")
+JOINED = re.compile(r"bootstrap: reached [1-9]")  # a daemon given --bootstrap has joined the DHT
 START_TIMEOUT = 60.0
 COMMAND_TIMEOUT = 300.0
 
@@ -56,27 +57,25 @@ class Daemon:
         args = ["daemon", "--listen", "/ip4/127.0.0.1/tcp/0"]
         if bootstrap is not None:
             args += ["--bootstrap", bootstrap]
-        self.proc = subprocess.Popen(
-            cli(tree, repo, *args),
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            env=env(tree),
-        )
-        self.addr = self._wait_ready()
+        self.log = repo.with_suffix(".log")
+        with self.log.open("w") as log:  # a file, not a pipe: a log nobody reads never blocks the daemon
+            self.proc = subprocess.Popen(
+                cli(tree, repo, *args), stderr=log, stdout=subprocess.DEVNULL, env=env(tree)
+            )
+        self.addr = self._wait_for(READY).group(2)
+        if bootstrap is not None:
+            self._wait_for(JOINED)
 
-    def _wait_ready(self) -> str:
+    def _wait_for(self, pattern: re.Pattern[str]) -> re.Match[str]:
+        """The first line of the daemon's log that matches, read as it grows (a benchmark's poll)."""
         deadline = time.monotonic() + START_TIMEOUT
-        assert self.proc.stderr is not None
-        seen: list[str] = []
         while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                raise SystemExit("a daemon stopped before it was ready:\n" + "".join(seen[-5:]))
-            seen.append(line)
-            if match := READY.search(line):
-                os.set_blocking(self.proc.stderr.fileno(), False)  # the rest of its log is not read
-                return match.group(2)
+            text = self.log.read_text(errors="replace")
+            if match := pattern.search(text):
+                return match
+            if self.proc.poll() is not None:
+                raise SystemExit("a daemon stopped before it was ready:\n" + text[-500:])
+            time.sleep(0.05)
         raise SystemExit("a daemon did not start in time")
 
     def stop(self) -> None:
