@@ -7,9 +7,7 @@ import argparse
 import json
 import sqlite3
 import sys
-import tomllib
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 
 from node.cli import node_commands, repo_commands, share, transfer_commands
@@ -24,7 +22,11 @@ EXIT_INTERRUPTED = 130
 
 
 def version() -> str:
-    """The installed package's version; from a checkout that is not installed, pyproject.toml's."""
+    """The installed package's version; from a checkout that is not installed, pyproject.toml's.
+    Imported and read only for ``--version`` (importlib.metadata costs a command tens of ms)."""
+    import tomllib
+    from importlib import metadata
+
     try:
         return metadata.version("sealbox")
     except metadata.PackageNotFoundError:
@@ -33,6 +35,13 @@ def version() -> str:
             return str(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"])
         except (OSError, ValueError, KeyError):
             return "unknown"
+
+
+class _Version(argparse.Action):
+    """``--version``: the version is looked up only when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> None:
+        parser.exit(message=f"sealbox {version()}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sealbox",
         description="End-to-end encrypted file sharing: add files, share the link, get them back.",
     )
-    parser.add_argument("--version", action="version", version=f"sealbox {version()}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--repo", help="repo directory (default $SEALBOX_REPO or ~/.sealbox)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

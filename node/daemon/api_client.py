@@ -62,6 +62,7 @@ class ApiClient:
         token: str | None = None,
     ) -> Any:
         """Send one request; return the decoded JSON answer. ``timeout=None`` waits as long as it takes."""
+        self._check_socket()
         import httpx  # here, not at the top: commands that find no daemon never pay for it
 
         content, headers = self._parts(body, token)
@@ -76,6 +77,7 @@ class ApiClient:
     def stream(self, method: str, path: str, body: dict[str, Any]) -> Iterator[Iterator[dict[str, Any]]]:
         """Send a long request; yield an iterator of its events (dicts with an ``event`` key), the last
         ``done`` or ``error``. An answer that is not a stream (a refusal) comes as one such event."""
+        self._check_socket()
         import httpx
 
         content, headers = self._parts(body, None)
@@ -103,9 +105,13 @@ class ApiClient:
             headers["content-type"] = "application/json"
         return content, headers
 
-    def _client(self, timeout: httpx.Timeout) -> httpx.Client:
+    def _check_socket(self) -> None:
+        """NoDaemon unless the socket is there: before httpx is imported (a tenth of a second)."""
         if self.socket is None or not os.path.exists(self.socket):
             raise NoDaemon(f"no daemon runs on {self.repo_path} (start one with 'sealbox daemon')")
+
+    def _client(self, timeout: httpx.Timeout) -> httpx.Client:
+        self._check_socket()
         import httpx
 
         transport = httpx.HTTPTransport(uds=os.fspath(self.socket))
