@@ -105,16 +105,17 @@ class ApiClient:
             headers["content-type"] = "application/json"
         return content, headers
 
-    def _check_socket(self) -> None:
-        """NoDaemon unless the socket is there: before httpx is imported (a tenth of a second)."""
+    def _check_socket(self) -> Path:
+        """The socket, or NoDaemon unless it is there: before httpx is imported (a tenth of a second)."""
         if self.socket is None or not os.path.exists(self.socket):
             raise NoDaemon(f"no daemon runs on {self.repo_path} (start one with 'sealbox daemon')")
+        return self.socket
 
     def _client(self, timeout: httpx.Timeout) -> httpx.Client:
-        self._check_socket()
+        sock = self._check_socket()
         import httpx
 
-        transport = httpx.HTTPTransport(uds=os.fspath(self.socket))
+        transport = httpx.HTTPTransport(uds=os.fspath(sock))
         return httpx.Client(transport=transport, base_url="http://sealbox", timeout=timeout)
 
     def _send(self, client: httpx.Client, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
