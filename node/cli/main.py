@@ -41,7 +41,8 @@ class _Version(argparse.Action):
     """``--version``: the version is looked up only when asked for."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> None:
-        parser.exit(message=f"sealbox {version()}\n")
+        print(f"sealbox {version()}")  # on stdout, as argparse's own version action prints it
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
